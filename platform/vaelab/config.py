@@ -1,0 +1,151 @@
+"""The typed trial configuration: every parameter of SPEC §2, its default and its checks.
+
+Defaults are the papers' MNIST settings (ICML 2016 §3: 64-32-16-8-4 latents, MLP widths
+512-256-128-64-32, Adam lr 1e-3, batch 256, 2000 epochs, warm-up N_t = 200, IW K = 5000).
+A trial configuration is flat on purpose: its field names are the MLflow param names.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Dataset = Literal["mnist", "fashion-mnist", "omniglot", "norb", "digits"]
+Inference = Literal["vae", "ladder", "lvae"]
+
+MAX_DEPTH = 5
+PAPER_LATENT_DIMS = (64, 32, 16, 8, 4)
+PAPER_HIDDEN_DIMS = (512, 256, 128, 64, 32)
+
+# Settings that may differ between members of one cohort (trained in one set of kernels):
+# they change neither parameter shapes nor the data a step sees in lock-step.
+COHORT_VARYING = frozenset(
+    {"seed", "warmup_epochs", "kl_anneal_hold_steps", "kl_anneal_steps", "free_bits", "rho"}
+)
+
+
+class TrialConfig(BaseModel):
+    """One trial. Unknown keys are errors (STYLE principle 4)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    # data
+    dataset: Dataset = "mnist"
+    data_dir: Optional[str] = None  # None: $VAELAB_DATA_DIR/<dataset> or ~/.vaelab/data/<dataset>
+    train_subset: int = Field(0, ge=0)  # 0 = the whole training set
+    # model
+    likelihood: Optional[Literal["bernoulli", "gaussian"]] = None  # None: the dataset's own
+    depth: int = Field(5, ge=1, le=MAX_DEPTH)
+    latent_dims: tuple[int, ...] = PAPER_LATENT_DIMS
+    hidden_dims: tuple[int, ...] = PAPER_HIDDEN_DIMS
+    activation: Optional[Literal["leaky_relu", "tanh", "relu", "elu"]] = None  # None: by likelihood
+    inference: Inference = "vae"
+    batch_norm: bool = False
+    bn_eval: Literal["population", "running"] = "population"
+    var_floor: float = Field(1e-6, ge=0.0)
+    # objective
+    mc_samples: int = Field(1, ge=1)
+    iw_samples: int = Field(1, ge=1)
+    kl_estimator: Literal["analytic", "mc"] = "analytic"
+    warmup_epochs: float = Field(0, ge=0)
+    kl_anneal_hold_steps: int = Field(0, ge=0)
+    kl_anneal_steps: int = Field(0, ge=0)
+    free_bits: float = Field(0.0, ge=0.0)
+    # OU smoothing (Hermite VAE); rho = 1 is off
+    rho: float = Field(1.0, ge=0.0, le=1.0)
+    ou_samples: int = Field(5, ge=1)
+    ou_target: Literal["mean_var", "ratio"] = "mean_var"
+    # optimiser
+    lr: float = Field(1e-3, gt=0.0)
+    lr_decay: float = Field(1.0, gt=0.0, le=1.0)  # factor; 1 = off
+    lr_decay_every: int = Field(0, ge=0)  # epochs; 0 = off (ICML fine-tuning: 0.75 every 200)
+    adam_eps: float = Field(1e-8, gt=0.0)  # the original LVAE code used 1e-4
+    grad_clip: float = Field(0.0, ge=0.0)  # max grad norm; 0 = off (the original code used 4)
+    batch_size: int = Field(256, ge=1)
+    epochs: int = Field(2000, ge=1)
+    # evaluation
+    eval_iw: int = Field(5000, ge=1)
+    eval_every: int = Field(10, ge=1)
+    eval_batch_size: int = Field(1000, ge=1)
+    train_eval_size: int = Field(10000, ge=0)  # training examples re-evaluated for train_elbo
+    # run
+    seed: int = Field(0, ge=0)
+    init_from: Optional[str] = None  # a checkpoint file (fine-tuning)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compile: Literal["auto", "off", "compile", "cudagraphs"] = "auto"
+    checkpoint_every: int = Field(10, ge=1)
+
+    @field_validator("latent_dims", "hidden_dims", mode="before")
+    @classmethod
+    def _parse_dims(cls, value: Any) -> Any:
+        # "64-32-16" (paper notation, also how MLflow shows it) or a list
+        if isinstance(value, str):
+            try:
+                return tuple(int(v) for v in value.replace(",", "-").split("-") if v.strip())
+            except ValueError as err:
+                raise ValueError(f"expected sizes like '64-32-16', got {value!r}") from err
+        if isinstance(value, int):
+            return (value,)
+        return value
+
+    @field_validator("latent_dims", "hidden_dims")
+    @classmethod
+    def _positive_dims(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(v < 1 for v in value):
+            raise ValueError(f"sizes must be positive integers, got {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "TrialConfig":
+        if len(self.latent_dims) < self.depth:
+            raise ValueError(
+                f"depth={self.depth} needs {self.depth} latent_dims, got {_dims(self.latent_dims)}"
+            )
+        if len(self.hidden_dims) < self.depth:
+            raise ValueError(
+                f"depth={self.depth} needs {self.depth} hidden_dims, got {_dims(self.hidden_dims)}"
+            )
+        if self.inference in ("ladder", "lvae") and self.depth < 2:
+            raise ValueError(
+                f"inference={self.inference!r} needs depth >= 2 (depth 1 is the plain VAE)"
+            )
+        if self.warmup_epochs > 0 and (self.kl_anneal_hold_steps or self.kl_anneal_steps):
+            raise ValueError("warmup_epochs and kl_anneal_* are two β schedules: set one")
+        if self.free_bits > 0 and self.iw_samples > 1:
+            raise ValueError("free_bits clamps per-layer KL of the ELBO; it has no meaning with iw_samples > 1")
+        if self.lr_decay < 1.0 and self.lr_decay_every == 0:
+            raise ValueError(f"lr_decay={self.lr_decay} needs lr_decay_every > 0")
+        return self
+
+    # Derived values: kept as properties so they never disagree with the fields.
+    @property
+    def z_dims(self) -> tuple[int, ...]:
+        """Latent sizes of the kept layers, bottom (z_1) to top (z_L)."""
+        return self.latent_dims[: self.depth]
+
+    @property
+    def mlp_dims(self) -> tuple[int, ...]:
+        """MLP widths: [0] connects x and z_1, [i] connects z_i and z_{i+1}."""
+        return self.hidden_dims[: self.depth]
+
+    def to_params(self) -> dict[str, Any]:
+        """Flat MLflow params under the SPEC's bare names (dims in paper notation)."""
+        params = self.model_dump()
+        params["latent_dims"] = _dims(self.z_dims)
+        params["hidden_dims"] = _dims(self.mlp_dims)
+        return params
+
+
+def _dims(dims: tuple[int, ...]) -> str:
+    return "-".join(str(d) for d in dims)
+
+
+def format_dims(dims: tuple[int, ...]) -> str:
+    """(64, 32, 16) -> '64-32-16', the papers' notation."""
+    return _dims(dims)
+
+
+def trial_config(values: dict[str, Any]) -> TrialConfig:
+    """Build and validate a TrialConfig from a plain dict (YAML, Tune config, --set)."""
+    return TrialConfig.model_validate(values)

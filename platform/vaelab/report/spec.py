@@ -1,0 +1,66 @@
+"""The `report:` section of a study: which tables and figures its report holds.
+
+Imports only pydantic, so the study schema (studies/) and the report generator (report/)
+share one definition without the report importing torch or ray.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FigureName = Literal[
+    "ll_vs_depth",  # ICML Fig 3: test log-likelihood vs number of latent layers, per variant
+    "unit_kl_heatmaps",  # ICML Fig 5: per-unit KL over epochs, one panel per layer
+    "active_units",  # ICML Table 2 as bars: active units per layer per variant
+    "kl_std_normal",  # ICML Fig 6a: KL(q(z_i|.)||N(0,I)) per layer
+    "latent_pca",  # ICML Fig 7: PCA of posterior means per layer, coloured by label
+    "prior_samples",  # ICML Fig 6b: samples with the prior injected at each layer
+    "kl_vs_rho",  # Hermite VAE Fig 1: top-layer KL vs rho (phase transition)
+    "curves",  # training curves (test_elbo, kl_total, beta) per variant
+]
+
+
+class PaperRef(BaseModel):
+    """Which rows of paper_results.csv sit beside this table's cells.
+
+    A cell (row value, column value) is matched on the csv's `variant` and
+    `latent_dims` columns; for per-layer tables on `metric` = f"{metric}_{layer}".
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    source: str  # e.g. lvae-icml
+    table: str  # e.g. table1
+    dataset: str  # e.g. mnist
+    metric: str  # e.g. test_ll_iw5000, or active_units_layer (per-layer tables)
+    finetune: str = "none"
+    # the study's variant label -> the paper's, where they differ (e.g. the ICML tables
+    # call the ladder model LADDER+BN+WU, the NIPS tables LVAE+BN+WU)
+    variant_map: dict[str, str] = Field(default_factory=dict)
+
+
+class TableSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    title: str = ""
+    # `rows`/`columns`: a trial param (latent_dims, depth, rho, ...), `variant` (the
+    # variant label tag) or, for rows only, `layer` (then `value` is a per-layer metric
+    # prefix such as active_units_layer and rows are layers 1..L plus a total).
+    rows: str
+    columns: str
+    value: str  # a final metric name, e.g. test_ll_iw
+    aggregate: Literal["mean_std"] = "mean_std"  # over seeds, with n
+    better: Literal["higher", "lower"] = "higher"
+    where: dict[str, str | int | float | bool] = Field(default_factory=dict)  # param filter
+    paper: Optional[PaperRef] = None
+    # explicit order (values as shown: '64-32', 'VAE+BN', 0.8, 5, true); unnamed values follow
+    row_order: list[str | int | float | bool] = Field(default_factory=list)
+    column_order: list[str | int | float | bool] = Field(default_factory=list)
+
+
+class ReportSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tables: list[TableSpec] = Field(default_factory=list)
+    figures: list[FigureName] = Field(default_factory=list)  # empty: every figure the data allows
+    notes: str = ""  # free text shown at the top of the report (budget caveats etc.)

@@ -1,0 +1,678 @@
+"""MLflow writing: the study's parent run, one child run per trial member, retried writes.
+
+Every MLflow write of vaelab goes through this module (reading lives in tracking/read.py).
+Conventions (docs/ARCHITECTURE.md): experiment = study name; a parent run per study
+(`vaelab.role=study`); a child run per trial member (`vaelab.role=trial`, tag
+`mlflow.parentRunId`), found again by tag `vaelab.trial_id` under the same parent so a
+retried or restored trial continues its run instead of starting a duplicate.
+
+Writes use `MlflowClient` directly (never the fluent active-run stack, which is per process
+and would tangle the members of one cohort). Every call is retried with exponential backoff
+on transient errors: many trial processes write one SQLite file, and a metric must never be
+lost. Retries are idempotent: a batch keeps its timestamps across attempts and MLflow drops
+an exact duplicate (key, timestamp, step, value).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import re
+import socket
+import sqlite3
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+ROLE_STUDY = "study"
+ROLE_TRIAL = "trial"
+# vaelab.status values of a child run; `stopped` = ended early by a Tune scheduler (ASHA).
+STATUSES = ("running", "finished", "failed", "diverged", "stopped")
+
+TAG_ROLE = "vaelab.role"
+TAG_STUDY = "vaelab.study"
+TAG_TRIAL_ID = "vaelab.trial_id"
+TAG_TRIAL_KEY = "vaelab.trial_key"
+TAG_VARIANT = "vaelab.variant"
+TAG_STATUS = "vaelab.status"
+TAG_NODE = "vaelab.node"
+TAG_COHORT = "vaelab.cohort"
+TAG_RUN_NAME = "vaelab.run_name"
+TAG_PARENT = "mlflow.parentRunId"
+
+# MLflow error codes that no retry can fix (the request itself is wrong).
+_PERMANENT_CODES = frozenset(
+    {
+        "INVALID_PARAMETER_VALUE",
+        "RESOURCE_DOES_NOT_EXIST",
+        "RESOURCE_ALREADY_EXISTS",
+        "ALREADY_EXISTS",
+        "NOT_FOUND",
+        "ENDPOINT_NOT_FOUND",
+        "MALFORMED_REQUEST",
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "CUSTOMER_UNAUTHORIZED",
+        "INVALID_STATE",
+        "FEATURE_DISABLED",
+        "NOT_IMPLEMENTED",
+        "BAD_REQUEST",
+    }
+)
+_TRANSIENT_TEXT = re.compile(
+    r"database is locked|database table is locked|busy|temporarily|timed out|timeout|"
+    r"connection|reset by peer|broken pipe|too many requests|\b50[234]\b|\b429\b",
+    re.IGNORECASE,
+)
+_MAX_PARAMS_PER_BATCH = 100
+_MAX_METRICS_PER_BATCH = 1000
+_MAX_PARAM_LENGTH = 6000
+# Environment variable names whose values must never be written anywhere.
+_SECRET_QUERY_KEYS = re.compile(r"(pass|secret|token|key|auth|cred|signature)", re.IGNORECASE)
+
+
+class TrackingError(RuntimeError):
+    """The tracking server or database cannot be used (unreachable, misconfigured)."""
+
+
+# --------------------------------------------------------------------------- URIs
+
+
+def resolve_tracking_uri(uri: Optional[str] = None) -> str:
+    """`uri`, else $MLFLOW_TRACKING_URI, else `sqlite:///mlflow.db`; SQLite paths made absolute.
+
+    Trials run in a Ray working directory of their own, so a relative SQLite path would
+    name a different (empty) database in every trial.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    path = sqlite_path(uri)
+    if path is not None:
+        return "sqlite:///" + str(path)
+    if "://" not in uri:  # a bare directory: MLflow's deprecated file store
+        raise TrackingError(
+            f"tracking URI {uri!r} is a plain path (MLflow's file store, which errors since "
+            "MLflow 3.13); use sqlite:///PATH/mlflow.db or http://HOST:PORT"
+        )
+    return uri
+
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    """The absolute database path of a `sqlite:///...` URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    raw = uri[len("sqlite:///") :].split("?", 1)[0]
+    if raw in ("", ":memory:"):
+        raise TrackingError("an in-memory SQLite tracking URI cannot be shared with trial processes")
+    return Path(raw).expanduser().resolve()
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without credentials (user:password@, token=... query values): safe for tags and logs."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<unparseable uri>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(
+        f"{k}=***" if _SECRET_QUERY_KEYS.search(k) else f"{k}={v}" if sep else k
+        for k, sep, v in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def has_credentials(uri: str) -> bool:
+    """Whether the URI itself carries a secret (then it must travel only through env vars)."""
+    return redact_uri(uri) != uri
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether retrying the same call later may succeed."""
+    if isinstance(err, MlflowException):
+        code = getattr(err, "error_code", "") or ""
+        if code in _PERMANENT_CODES and not _TRANSIENT_TEXT.search(str(err)):
+            return False
+        return True
+    if isinstance(err, (ConnectionError, TimeoutError, sqlite3.OperationalError)):
+        return True
+    # SQLAlchemy / requests / urllib3 errors without importing them here.
+    name = type(err).__name__
+    if name in {"OperationalError", "ConnectionError", "Timeout", "ReadTimeout", "ProtocolError"}:
+        return True
+    return bool(isinstance(err, OSError) and _TRANSIENT_TEXT.search(str(err)))
+
+
+def retry_deadline_s() -> float:
+    """Total time one write may spend retrying (env VAELAB_TRACKING_RETRY_S, default 600 s)."""
+    return float(os.environ.get("VAELAB_TRACKING_RETRY_S", "600"))
+
+
+def with_retry(
+    call: Callable[[], T],
+    what: str,
+    *,
+    deadline_s: Optional[float] = None,
+    first_delay_s: float = 0.05,
+    max_delay_s: float = 10.0,
+) -> T:
+    """Run `call`; on a transient error wait (exponential backoff with jitter) and run it again.
+
+    A permanent error, or a transient one past the deadline, is raised.
+    """
+    deadline = time.monotonic() + (retry_deadline_s() if deadline_s is None else deadline_s)
+    delay = first_delay_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return call()
+        except Exception as err:  # noqa: BLE001 - classified below
+            if not is_transient(err) or time.monotonic() + delay > deadline:
+                raise
+            if attempt in (3, 10, 30):
+                log.warning("MLflow %s: attempt %d failed (%s); retrying", what, attempt, _short(err))
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, max_delay_s)
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200] if text else ''}"
+
+
+# --------------------------------------------------------------------------- store set-up
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = 10.0) -> str:
+    """Fail fast, before any trial starts, if the tracking store cannot be used.
+
+    SQLite: the directory is created and must be writable; the schema is created here,
+    once, so concurrent trial processes never race to migrate a fresh file. HTTP: the
+    server's /health endpoint must answer. Returns the resolved URI.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    path = sqlite_path(uri)
+    if path is not None:
+        _prepare_sqlite(path)
+    elif uri.startswith(("http://", "https://")):
+        _check_http(uri, timeout_s)
+    try:
+        with_retry(
+            lambda: MlflowClient(uri).search_experiments(max_results=1),
+            "connect",
+            deadline_s=timeout_s,
+        )
+    except Exception as err:  # noqa: BLE001 - any failure means unusable
+        raise TrackingError(f"MLflow tracking store {redact_uri(uri)} is not usable: {_short(err)}") from err
+    return uri
+
+
+def _prepare_sqlite(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TrackingError(f"cannot create the directory of the tracking database {path}: {err}") from err
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise TrackingError(f"the tracking database {path} is not writable")
+    if _on_network_filesystem(path.parent):
+        log.warning("SQLite tracking database %s is on a network filesystem: locking may be unreliable", path)
+        return
+    # WAL lets readers proceed during a write and makes "database is locked" rare with
+    # many writers; the mode is persistent in the file. MLflow itself sets a 20 s
+    # busy_timeout on every session; the retries above cover what is left.
+    try:
+        with sqlite3.connect(path, timeout=30) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as err:
+        raise TrackingError(f"cannot open the tracking database {path}: {err}") from err
+
+
+def _on_network_filesystem(path: Path) -> bool:
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return False
+    best, fstype = "", ""
+    target = str(path.resolve())
+    for line in mounts:
+        fields = line.split()
+        if len(fields) >= 3 and (target == fields[1] or target.startswith(fields[1].rstrip("/") + "/")):
+            if len(fields[1]) > len(best):
+                best, fstype = fields[1], fields[2]
+    return fstype.startswith(("nfs", "cifs", "smb", "fuse", "lustre", "gpfs", "ceph", "9p"))
+
+
+def _check_http(uri: str, timeout_s: float) -> None:
+    parts = urlsplit(uri)
+    # urllib cannot take user:password in the netloc; credentials are not needed for /health.
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    health = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    try:
+        with urllib.request.urlopen(health, timeout=timeout_s) as resp:  # noqa: S310 - http(s) only
+            if resp.status >= 400:
+                raise TrackingError(f"MLflow server {redact_uri(uri)} answered {resp.status} on /health")
+    except urllib.error.HTTPError as err:
+        if err.code >= 500:
+            raise TrackingError(f"MLflow server {redact_uri(uri)} answered {err.code} on /health") from err
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingError(
+            f"MLflow tracking server {redact_uri(uri)} is unreachable ({reason}); start it "
+            "(`mlflow server --host 127.0.0.1 --port 5000`) or pass --tracking-uri"
+        ) from err
+
+
+def default_artifact_location(tracking_uri: str, experiment_name: str) -> Optional[str]:
+    """Artifacts of a SQLite-tracked study live beside the database, not in a trial's cwd."""
+    path = sqlite_path(tracking_uri)
+    if path is None:
+        return None  # a server decides (proxied artifacts)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment_name).strip("_") or "study"
+    return (path.parent / "mlartifacts" / slug).as_uri()
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    """The experiment id of `name`, created if needed (safe when many processes race)."""
+
+    def attempt() -> str:
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                raise TrackingError(
+                    f"MLflow experiment {name!r} is deleted; restore it (`mlflow experiments restore`) "
+                    "or permanently delete it (`mlflow gc`) first"
+                )
+            return exp.experiment_id
+        try:
+            return client.create_experiment(
+                name, artifact_location=default_artifact_location(tracking_uri, name)
+            )
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_ALREADY_EXISTS":  # another process won the race
+                found = client.get_experiment_by_name(name)
+                if found is not None:
+                    return found.experiment_id
+            raise
+
+    return with_retry(attempt, f"experiment {name!r}")
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def git_sha(start: Optional[Path] = None) -> str:
+    """HEAD of the repository holding `start` (or the cwd), `+dirty` if modified; `unknown` without git."""
+    cwd = str(start) if start else None
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that decide a result (read from metadata: nothing imported)."""
+    out = {}
+    for dist in ("vaelab", "torch", "ray", "mlflow", "optuna", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "absent"
+    return out
+
+
+def node_name() -> str:
+    """`hostname/ip` of this process's machine (the ip a peer would use, loopback if alone)."""
+    host = socket.gethostname()
+    try:
+        ip = socket.gethostbyname(host)
+    except OSError:
+        ip = "127.0.0.1"
+    return f"{host}/{ip}"
+
+
+# --------------------------------------------------------------------------- values
+
+
+def param_strings(params: Mapping[str, Any]) -> dict[str, str]:
+    """MLflow param values: `str(value)` ('True', 'None', '0.001', '64-32-16'), truncated to MLflow's limit."""
+    return {k: str(v)[:_MAX_PARAM_LENGTH] for k, v in params.items()}
+
+
+def to_metrics(values: Mapping[str, Any], step: int, timestamp_ms: int) -> list[Metric]:
+    """Numeric entries of `values` as MLflow metrics (non-numbers are skipped; NaN/inf kept)."""
+    out = []
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                value = float(value)  # numpy / torch scalars
+            except (TypeError, ValueError):
+                continue
+        out.append(Metric(key=key, value=float(value), timestamp=timestamp_ms, step=step))
+    return out
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --------------------------------------------------------------------------- the study run
+
+
+@dataclass(frozen=True)
+class StudyRunInfo:
+    """What trials need to find their parent: plain strings, picklable into a Tune config."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    study: str
+
+
+def start_study_run(
+    tracking_uri: str,
+    study: str,
+    run_name: str,
+    *,
+    spec_hash: str,
+    budget: str,
+    study_yaml: str,
+    tags: Optional[Mapping[str, str]] = None,
+    params: Optional[Mapping[str, Any]] = None,
+    repo_dir: Optional[Path] = None,
+) -> StudyRunInfo:
+    """Create the study's parent run: provenance tags, `study.yaml` artifact."""
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    experiment_id = get_or_create_experiment(client, study, uri)
+    versions = library_versions()
+    all_tags = {
+        TAG_ROLE: ROLE_STUDY,
+        TAG_STUDY: study,
+        TAG_RUN_NAME: run_name,
+        TAG_STATUS: "running",
+        "vaelab.git_sha": git_sha(repo_dir),
+        "vaelab.spec_hash": spec_hash,
+        "vaelab.budget": budget,
+        "vaelab.versions": " ".join(f"{k}={v}" for k, v in versions.items()),
+        "vaelab.host": node_name(),
+        **{f"vaelab.version.{k}": v for k, v in versions.items()},
+        **(tags or {}),
+    }
+    run = _create_run_once(client, experiment_id, all_tags, run_name, TAG_RUN_NAME, run_name, None)
+    if params:
+        _log_params(client, run.info.run_id, param_strings(params), existing={})
+    with_retry(lambda: client.log_text(run.info.run_id, study_yaml, "study.yaml"), "log study.yaml")
+    return StudyRunInfo(uri, experiment_id, run.info.run_id, study)
+
+
+def find_study_run(tracking_uri: str, study: str, run_name: str) -> Optional[StudyRunInfo]:
+    """The parent run of study `study` launched under `run_name`, if any."""
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    exp = with_retry(lambda: client.get_experiment_by_name(study), "get experiment")
+    if exp is None:
+        return None
+    runs = _search(client, exp.experiment_id, {TAG_ROLE: ROLE_STUDY, TAG_RUN_NAME: run_name})
+    return StudyRunInfo(uri, exp.experiment_id, runs[0].info.run_id, study) if runs else None
+
+
+def reopen_study_run(info: StudyRunInfo) -> None:
+    """Mark a resumed study's parent run running again."""
+    client = MlflowClient(info.tracking_uri)
+    _set_tags(client, info.parent_run_id, {TAG_STATUS: "running"})
+    with_retry(lambda: client.update_run(info.parent_run_id, status="RUNNING"), "reopen parent run")
+
+
+def finish_study_run(info: StudyRunInfo, status: str, tags: Optional[Mapping[str, str]] = None) -> None:
+    """Close the parent run: `vaelab.status` (finished / failed / interrupted) plus summary tags."""
+    client = MlflowClient(info.tracking_uri)
+    _set_tags(client, info.parent_run_id, {TAG_STATUS: status, **(tags or {})})
+    mlflow_status = {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
+    with_retry(
+        lambda: client.set_terminated(info.parent_run_id, status=mlflow_status), "terminate parent run"
+    )
+
+
+def mark_stale_trials(info: StudyRunInfo, status_by_cohort: Mapping[str, str]) -> int:
+    """After Tune ends: a child still `running` whose Tune trial is over gets the given status.
+
+    A worker killed hard (OOM, lost node) past `max_failures`, or a trial stopped by a
+    scheduler, never wrote its own end. Returns how many runs were updated.
+    """
+    client = MlflowClient(info.tracking_uri)
+    runs = _search(
+        client, info.experiment_id,
+        {TAG_ROLE: ROLE_TRIAL, TAG_PARENT: info.parent_run_id, TAG_STATUS: "running"},
+    )
+    changed = 0
+    for run in runs:
+        status = status_by_cohort.get(run.data.tags.get(TAG_COHORT, ""))
+        if status:
+            _set_tags(client, run.info.run_id, {TAG_STATUS: status})
+            mlflow_status = "FINISHED" if status in ("finished", "stopped") else "FAILED"
+            with_retry(
+                lambda r=run: client.set_terminated(r.info.run_id, status=mlflow_status), "terminate run"
+            )
+            changed += 1
+    return changed
+
+
+# --------------------------------------------------------------------------- trial runs
+
+
+@dataclass
+class TrialRun:
+    """One trial member's child run, opened inside the trial process.
+
+    `open` finds the run again by `vaelab.trial_id` under the parent (a retried or restored
+    trial continues it) or creates it. Epochs at or below `last_step` were already logged
+    by an earlier attempt and are skipped, so the history has no repeats; an attempt that
+    restarts from an older checkpoint re-trains those epochs without logging them twice.
+    """
+
+    client: MlflowClient
+    run_id: str
+    resumed: bool
+    last_step: int = 0
+    artifact_uri: str = ""
+    logged_params: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def open(
+        cls,
+        info: StudyRunInfo,
+        trial_id: str,
+        *,
+        run_name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        node: Optional[str] = None,
+    ) -> "TrialRun":
+        client = MlflowClient(info.tracking_uri)
+        base_tags = {
+            TAG_ROLE: ROLE_TRIAL,
+            TAG_STUDY: info.study,
+            TAG_TRIAL_ID: trial_id,
+            TAG_PARENT: info.parent_run_id,
+            **tags,
+        }
+        run = _create_run_once(
+            client, info.experiment_id, base_tags, run_name, TAG_TRIAL_ID, trial_id, info.parent_run_id
+        )
+        resumed = run.info.status != "RUNNING" or bool(run.data.metrics) or bool(run.data.params)
+        trial = cls(
+            client=client,
+            run_id=run.info.run_id,
+            resumed=resumed,
+            last_step=_last_logged_step(client, run) if resumed else 0,
+            artifact_uri=run.info.artifact_uri,
+            logged_params=dict(run.data.params),
+        )
+        if run.info.status != "RUNNING":
+            with_retry(lambda: client.update_run(trial.run_id, status="RUNNING"), "reopen run")
+        trial.set_tags({TAG_STATUS: "running", TAG_NODE: node or node_name(), **tags})
+        trial.log_params(params)
+        return trial
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params not yet on the run (params are immutable in MLflow; a changed value is warned about)."""
+        _log_params(self.client, self.run_id, param_strings(params), existing=self.logged_params)
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> bool:
+        """All of one epoch's metrics in one batch with step = epoch; False if already logged."""
+        if epoch <= self.last_step:
+            return False
+        batch = to_metrics(metrics, step=epoch, timestamp_ms=_now_ms())
+        for chunk in _chunks(batch, _MAX_METRICS_PER_BATCH):
+            with_retry(lambda c=chunk: self.client.log_batch(self.run_id, metrics=c), f"log epoch {epoch}")
+        self.last_step = epoch
+        return True
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        _set_tags(self.client, self.run_id, tags)
+
+    def log_artifacts(self, local_dir: Path, artifact_path: Optional[str] = None) -> None:
+        with_retry(
+            lambda: self.client.log_artifacts(self.run_id, str(local_dir), artifact_path),
+            "log artifacts",
+        )
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        with_retry(lambda: self.client.log_text(self.run_id, text, artifact_file), f"log {artifact_file}")
+
+    def finish(self, status: str, tags: Optional[Mapping[str, Any]] = None) -> None:
+        """Set `vaelab.status` (finished / diverged / failed / stopped) and end the MLflow run."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown trial status {status!r}; expected one of {STATUSES}")
+        self.set_tags({TAG_STATUS: status, **(tags or {})})
+        mlflow_status = RunStatus.to_string(
+            RunStatus.FINISHED if status in ("finished", "diverged", "stopped") else RunStatus.FAILED
+        )
+        with_retry(lambda: self.client.set_terminated(self.run_id, status=mlflow_status), "end run")
+
+
+def _create_run_once(
+    client: MlflowClient,
+    experiment_id: str,
+    tags: Mapping[str, str],
+    run_name: str,
+    key_tag: str,
+    key_value: str,
+    parent_run_id: Optional[str],
+):
+    """The run tagged `key_tag=key_value` (under `parent_run_id`), created only if absent.
+
+    Each attempt searches before creating, so a create that succeeded but reported an
+    error (a dropped HTTP response) is found rather than duplicated.
+    """
+    match = {key_tag: key_value}
+    if parent_run_id:
+        match[TAG_PARENT] = parent_run_id
+
+    def attempt():
+        found = _search(client, experiment_id, match, with_retries=False)
+        if found:
+            if len(found) > 1:
+                log.warning("%d runs carry %s=%s; continuing the oldest", len(found), key_tag, key_value)
+            return found[-1]
+        return client.create_run(experiment_id, tags=dict(tags), run_name=run_name)
+
+    return with_retry(attempt, f"find or create run {key_tag}={key_value}")
+
+
+def _search(client: MlflowClient, experiment_id: str, tags: Mapping[str, str], with_retries: bool = True):
+    """Active runs of the experiment whose tags equal `tags`, newest first."""
+    clauses = [f"tags.`{k}` = '{_quote(v)}'" for k, v in tags.items()]
+
+    def call():
+        runs, token = [], None
+        while True:
+            page = client.search_runs(
+                [experiment_id],
+                filter_string=" and ".join(clauses),
+                max_results=1000,
+                order_by=["attributes.start_time DESC"],
+                page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    return with_retry(call, "search runs") if with_retries else call()
+
+
+def _quote(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _last_logged_step(client: MlflowClient, run) -> int:
+    """The highest epoch already logged on the run (0 if none)."""
+    keys = ["epoch"] if "epoch" in run.data.metrics else list(run.data.metrics)
+    last = 0
+    for key in keys:
+        history = with_retry(lambda k=key: client.get_metric_history(run.info.run_id, k), "metric history")
+        last = max([last, *(m.step for m in history)])
+    return last
+
+
+def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str], existing: dict[str, str]) -> None:
+    new = {}
+    for key, value in params.items():
+        if key in existing:
+            if existing[key] != value:
+                log.warning("param %s is already %r on run %s; %r not logged", key, existing[key], run_id, value)
+            continue
+        new[key] = value
+    items = [Param(k, v) for k, v in new.items()]
+    for chunk in _chunks(items, _MAX_PARAMS_PER_BATCH):
+        with_retry(lambda c=chunk: client.log_batch(run_id, params=c), "log params")
+    existing.update(new)
+
+
+def _set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
+    items = [RunTag(k, str(v)) for k, v in tags.items()]
+    for chunk in _chunks(items, _MAX_PARAMS_PER_BATCH):
+        with_retry(lambda c=chunk: client.log_batch(run_id, tags=c), "set tags")
+
+
+def finite(value: Any) -> bool:
+    """Whether a metric value is a finite number."""
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
