@@ -17,6 +17,7 @@ import torch
 from vaelab import config, data
 
 SHARED_MNIST = Path(__file__).parents[2] / "shared/data/mnist"
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
 IDX_NAMES = data._IDX_NAMES
 
 
@@ -130,11 +131,10 @@ def test_checksum_mismatch_names_file_and_both_hashes(tmp_path: Path) -> None:
     assert "6bbc9ace898e44ae57da46a324031adb" in message and md5s[IDX_NAMES[0]] in message
 
 
-def test_verify_fashion_gz_hash_and_unverified_plain(tmp_path: Path) -> None:
-    make_mnist(tmp_path, gz=False)  # fashion-mnist publishes only hashes of the .gz files
-    assert set(data.verify("fashion-mnist", tmp_path).values()) == {"unverified"}
-    (tmp_path / IDX_NAMES[0]).unlink()
-    assert data.verify("fashion-mnist", tmp_path)[str(tmp_path.resolve() / IDX_NAMES[0])] == "missing"
+def test_verify_reports_unverified_and_missing(tmp_path: Path) -> None:
+    (tmp_path / "chardata.mat").write_bytes(b"no checksum of chardata.mat is published")
+    assert data.verify("omniglot", tmp_path) == {str(tmp_path.resolve() / "chardata.mat"): "unverified"}
+    assert data.verify("norb", tmp_path) == {str(tmp_path.resolve() / "norb.npz"): "missing"}
 
 
 # ----------------------------------------------------------------------------- other formats
@@ -324,3 +324,12 @@ def test_real_mnist() -> None:
 def test_fetch_real_mnist_from_file_url(tmp_path: Path) -> None:
     dest = data.fetch("mnist", tmp_path, base_url=SHARED_MNIST.as_uri())
     assert set(data.verify("mnist", dest).values()) == {"ok"}
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="dataset-fashion-mnist not installed")
+def test_fetch_real_fashion_mnist_from_file_url(tmp_path: Path) -> None:
+    # Debian recompressed the .gz files: they pass on the hash of their uncompressed bytes.
+    dest = data.fetch("fashion-mnist", tmp_path, base_url=DEBIAN_FASHION.as_uri())
+    assert set(data.verify("fashion-mnist", dest).values()) == {"ok"}
+    arrays = data.load_arrays("fashion-mnist", dest)
+    assert arrays.train_x.shape == (60000, 784) and arrays.test_y.shape == (10000,)

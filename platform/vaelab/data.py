@@ -3,7 +3,8 @@
 Every reader takes a local directory; nothing here downloads unless `fetch` is called.
 On-disk formats (any file may also be stored gzipped, `NAME.gz`):
 - `mnist`, `fashion-mnist`: the four IDX files `train-images-idx3-ubyte`,
-  `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`.
+  `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte` (Debian's
+  `dataset-fashion-mnist` package puts Fashion-MNIST in /usr/share/datasets/fashion-mnist).
 - `omniglot`: Burda's `chardata.mat` (IWAE split, 24,345 / 8,070): `data` (784, N) and
   `testdata` (784, M) in [0, 1], column-major images; `target` / `testtarget` one-hot
   alphabets (50, N). Labels are alphabets.
@@ -101,10 +102,6 @@ def _read_bytes(path: Path, compressed: Optional[bool] = None) -> bytes:
         raise DataError(f"{path}: corrupt or truncated gzip file ({err})") from err
 
 
-def _md5(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
 def _find(directory: Path, f: DataFile) -> Optional[Path]:
     """The file as stored: plain first, then gzipped, then under its download name."""
     names = dict.fromkeys([f.name, f.name + ".gz", f.remote])  # ordered, unique
@@ -190,8 +187,8 @@ def read_omniglot(paths: dict[str, Path]) -> Arrays:
         if x_key not in mat or y_key not in mat:
             raise DataError(f"{path}: needs keys {x_key!r} and {y_key!r}, has {sorted(mat)}")
         data, target = np.asarray(mat[x_key]), np.asarray(mat[y_key])
-        if data.ndim != 2 or data.shape[0] != 784 or target.ndim != 2 or target.shape[1] != data.shape[1]:
-            raise DataError(f"{path}: {x_key} {data.shape} / {y_key} {target.shape}, expected (784, N) / (K, N)")
+        if data.ndim != 2 or data.shape[0] != 784 or target.shape[1:] != data.shape[1:]:
+            raise DataError(f"{path}: {x_key} {data.shape}, {y_key} {target.shape}; expected (784, N), (K, N)")
         images = data.T.reshape(-1, 28, 28, order="F").reshape(-1, 784)  # (N, 784) row-major
         return _unit_range(images, path), target.argmax(axis=0).astype(np.int64)
 
@@ -274,7 +271,8 @@ def build_norb(src_dir: str | Path, dest_dir: str | Path) -> Path:
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 OMNIGLOT_URL = "https://raw.githubusercontent.com/yburda/iwae/master/datasets/OMNIGLOT/"
-_IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def _idx_files(md5s: tuple[Optional[str], ...], remote_md5s: tuple[str, ...]) -> tuple[DataFile, ...]:
@@ -290,14 +288,18 @@ _NORB_HOW_TO = (
 _MNIST_MD5 = ("6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624",
               "2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637")  # shared/data/README
 _MNIST_GZ_MD5 = ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
-                 "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c")  # as torchvision
+                 "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c")  # as served
 _FASHION_GZ_MD5 = ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
-                   "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310")
+                   "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310")  # as served
+# Uncompressed Fashion-MNIST, from Debian's dataset-fashion-mnist (upstream git 55506a9), whose .gz
+# files differ from the served ones only by the stripped file name in the gzip header.
+_FASHION_MD5 = ("f4a8712d7a061bf5bd6d2ca38dc4d50a", "9018921c3c673c538a1fc5bad174d6f9",
+                "8181f5470baa50b63fa0f6fddb340f0a", "15d484375f8d13e6eb1aabb0c3f46965")
 _INFOS = (
     DatasetInfo("mnist", _idx_files(_MNIST_MD5, _MNIST_GZ_MD5), "bernoulli", (28, 28), 60000, 10000,
                 MNIST_URL, read_mnist),
-    DatasetInfo("fashion-mnist", _idx_files((None,) * 4, _FASHION_GZ_MD5), "bernoulli", (28, 28), 60000, 10000,
-                FASHION_URL, read_mnist),
+    DatasetInfo("fashion-mnist", _idx_files(_FASHION_MD5, _FASHION_GZ_MD5), "bernoulli", (28, 28),
+                60000, 10000, FASHION_URL, read_mnist),
     # No checksum of chardata.mat is published: `fetch` checks its structure instead.
     DatasetInfo("omniglot", (DataFile("chardata.mat", "chardata.mat"),), "bernoulli", (28, 28), 24345, 8070,
                 OMNIGLOT_URL, read_omniglot),
@@ -333,16 +335,25 @@ def resolve_dir(name: str, data_dir: str | Path | None = None) -> Path:
 
 # ----------------------------------------------------------------------------- checksums and fetch
 def _check_file(path: Path, f: DataFile, compressed: bool, hint: str) -> str:
-    """'ok' or 'unverified' (no checksum known for this form); DataError on a mismatch."""
-    if f.md5:  # content hash: holds whether or not the file is gzipped here
-        expected, actual = f.md5, _md5(_read_bytes(path, compressed))
-    elif f.remote_md5 and compressed == f.remote.endswith(".gz"):
-        expected, actual = f.remote_md5, _md5(path.read_bytes())
-    else:
+    """'ok' when a published hash matches, 'unverified' when none applies; DataError otherwise.
+
+    The hash of the file as served only applies to the same form (a `.gz` as downloaded); the
+    hash of the uncompressed bytes holds however the file was (re)compressed here.
+    """
+    checks: list[tuple[str, Callable[[], bytes]]] = []
+    if f.remote_md5 and compressed == f.remote.endswith(".gz"):
+        checks.append((f.remote_md5, path.read_bytes))
+    if f.md5:
+        checks.append((f.md5, lambda: _read_bytes(path, compressed)))
+    mismatches = []
+    for expected, content in checks:
+        actual = hashlib.md5(content(), usedforsecurity=False).hexdigest()
+        if actual == expected:
+            return "ok"
+        mismatches.append(f"expected md5 {expected}, got {actual}")
+    if not checks:
         return "unverified"
-    if actual != expected:
-        raise DataError(f"{path}: checksum mismatch: expected md5 {expected}, got {actual}. {hint}")
-    return "ok"
+    raise DataError(f"{path}: checksum mismatch: {'; '.join(mismatches)}. {hint}")
 
 
 def verify(name: str, directory: str | Path | None = None) -> dict[str, str]:
@@ -417,9 +428,9 @@ def list_datasets() -> list[dict]:
         where = resolve_dir(name) if info.files else None
         missing = [f.name for f in info.files if where is None or _find(where, f) is None]
         status = "bundled" if not info.files else ("missing" if missing else "found")
-        rows.append(dict(name=name, status=status, dir=str(where or ""), missing=missing, n_train=info.n_train,
-                         n_test=info.n_test, likelihood=info.likelihood, image_shape=info.image_shape,
-                         url=info.base_url or ""))
+        rows.append(dict(name=name, status=status, dir=str(where or ""), missing=missing,
+                         n_train=info.n_train, n_test=info.n_test, likelihood=info.likelihood,
+                         image_shape=info.image_shape, url=info.base_url or ""))
     return rows
 
 
@@ -483,7 +494,9 @@ def load_dataset(
     arrays = load_arrays(name, data_dir)
     likelihood = likelihood or info.likelihood
     keep = subset_indices(len(arrays.train_x), train_subset)
-    train_x, train_y = (arrays.train_x, arrays.train_y) if keep is None else (arrays.train_x[keep], arrays.train_y[keep])
+    train_x, train_y = arrays.train_x, arrays.train_y
+    if keep is not None:
+        train_x, train_y = train_x[keep], train_y[keep]
     test_x = torch.tensor(arrays.test_x)
     if likelihood == "bernoulli":  # on the CPU, so every device sees the same test set
         test_x = binarize(test_x, torch.Generator().manual_seed(test_binarize_seed))

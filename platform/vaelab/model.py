@@ -174,33 +174,46 @@ class Conditional(nn.Module):
 class NoiseTape:
     """Standard normal noise for one forward pass, one stream per member.
 
-    `recorded` slices a pre-drawn (S, T) tensor in call order: the training step draws all
-    its noise in one call per member (per-member generators keep a cohort member's random
-    stream identical to training it alone) and the forward pass stays free of RNG calls,
-    which torch.compile / CUDA graphs want. `live` draws on demand (evaluation).
+    Two streams: `normal` for the latent samples and `ou_normal` for the OU smoothing
+    inputs, so switching smoothing on or off never shifts the latent noise.
+    `recorded` slices pre-drawn (S, T) tensors in call order: the training step draws its
+    noise in one call per member and stream (per-member generators keep a cohort member's
+    random stream identical to training it alone) and the forward pass stays free of RNG
+    calls, which torch.compile / CUDA graphs want. `live` draws on demand (evaluation).
     """
 
-    def __init__(self, flat: Optional[Tensor] = None,
+    def __init__(self, latent: Optional[Tensor] = None, ou: Optional[Tensor] = None,
                  generators: Optional[Sequence[torch.Generator]] = None) -> None:
-        self.flat, self.generators, self.offset = flat, generators, 0
+        self.flat = {"latent": latent, "ou": ou}
+        self.offset = {"latent": 0, "ou": 0}
+        self.generators = generators
 
     @classmethod
-    def recorded(cls, flat: Tensor) -> "NoiseTape":
-        return cls(flat=flat)
+    def recorded(cls, latent: Tensor, ou: Optional[Tensor] = None) -> "NoiseTape":
+        return cls(latent=latent, ou=ou)
 
     @classmethod
     def live(cls, generators: Sequence[torch.Generator]) -> "NoiseTape":
         return cls(generators=generators)
 
     def normal(self, shape: tuple[int, ...]) -> Tensor:
-        """(S, *shape) standard normal noise."""
-        if self.flat is not None:
-            n = math.prod(shape)
-            out = self.flat[:, self.offset:self.offset + n]
-            self.offset += n
-            return out.reshape(self.flat.shape[0], *shape)
-        return torch.stack([torch.randn(shape, generator=g, device=g.device)
-                            for g in self.generators])
+        """(S, *shape) standard normal noise for a latent sample."""
+        return self._take("latent", shape)
+
+    def ou_normal(self, shape: tuple[int, ...]) -> Tensor:
+        """(S, *shape) standard normal noise for OU-correlated inputs."""
+        return self._take("ou", shape)
+
+    def _take(self, stream: str, shape: tuple[int, ...]) -> Tensor:
+        flat = self.flat[stream]
+        if flat is None:
+            if self.generators is None:
+                raise ValueError(f"no {stream} noise was recorded for this pass")
+            return torch.stack([torch.randn(shape, generator=g, device=g.device)
+                                for g in self.generators])
+        n, start = math.prod(shape), self.offset[stream]
+        self.offset[stream] = start + n
+        return flat[:, start:start + n].reshape(flat.shape[0], *shape)
 
 
 def draw_normal(generators: Sequence[torch.Generator], numel: int) -> Tensor:
@@ -342,13 +355,13 @@ class HierarchicalVAE(nn.Module):
 
     # ----------------------------------------------------------------- noise budget
 
-    def noise_numel(self, batch: int, n_samples: int, ou_samples: int = 0) -> int:
-        """Standard-normal draws one forward pass takes from a NoiseTape (per member)."""
-        rows = batch * n_samples
-        latent = rows * sum(self.z_dims)
-        # U_ρ perturbs the parent z_{i+1} of every intermediate generator conditional
-        smoothing = ou_samples * rows * sum(self.z_dims[1:])
-        return latent + smoothing
+    def latent_noise_numel(self, batch: int, n_samples: int) -> int:
+        """Standard-normal draws of the latent samples of one forward pass (per member)."""
+        return batch * n_samples * sum(self.z_dims)
+
+    def ou_noise_numel(self, batch: int, n_samples: int, ou_samples: int) -> int:
+        """Draws for U_ρ: it perturbs the parent z_{i+1} of every intermediate conditional."""
+        return ou_samples * batch * n_samples * sum(self.z_dims[1:])
 
     # ----------------------------------------------------------------- passes
 

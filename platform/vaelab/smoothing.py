@@ -56,7 +56,7 @@ class OUSmoother:
                  tape: NoiseTape) -> tuple[Tensor, Tensor]:
         members, rows, dim = z.shape
         k = self.ou_samples
-        eps = tape.normal((k, rows, dim))  # (S, K, N, d)
+        eps = tape.ou_normal((k, rows, dim))  # (S, K, N, d)
         z_corr = correlated_inputs(z, q_mu, q_logvar, self.rho, eps)
         mu, logvar = conditional(z_corr.reshape(members, k * rows, dim))  # (S, K*N, z_i)
         mu = mu.view(members, k, rows, -1)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .config import COHORT_VARYING, TrialConfig
-from .data import Dataset, binarize, load_dataset
+from .data import Dataset, binarize, dataset_for
 from .evaluate import (ElboStats, evaluate_elbo, evaluate_iw, population_statistics,
                        posterior_means)
 from .model import HierarchicalVAE, NoiseTape, draw_normal
@@ -34,6 +34,7 @@ from .smoothing import OUSmoother
 
 DEFAULT_ACTIVATION = {"bernoulli": "leaky_relu", "gaussian": "tanh"}  # ICML §3
 SHARED_EVAL_SEED = 987_654_321  # evaluation data binarization: the same for every member
+OU_SEED = 0x5EED_0000  # offset of the per-member OU-noise generator seeds
 
 
 class DivergedError(RuntimeError):
@@ -100,8 +101,7 @@ class Trainer:
         self.configs = list(configs)
         cfg = self.config = configs[0]
         self.device = resolve_device(cfg.device)
-        self.data = dataset or load_dataset(cfg.dataset, cfg.data_dir, self.device,
-                                            train_subset=cfg.train_subset)
+        self.data = dataset or dataset_for(cfg, self.device)
         self.likelihood = cfg.likelihood or self.data.likelihood
         self.members = len(configs)
         self.model = build_model(cfg, self.data.train_x.shape[1], self.likelihood, self.members)
@@ -116,6 +116,10 @@ class Trainer:
         )
         self.generators = [torch.Generator(device=self.device).manual_seed(c.seed)
                            for c in configs]
+        # a separate stream for OU noise: a member with ρ = 1 inside a smoothing cohort
+        # sees the same latent noise as when trained alone
+        self.ou_generators = [torch.Generator(device=self.device).manual_seed(c.seed + OU_SEED)
+                              for c in configs]
         self.schedule = _Schedule(
             warmup_epochs=[c.warmup_epochs for c in configs],
             hold_steps=[c.kl_anneal_hold_steps for c in configs],
@@ -129,8 +133,9 @@ class Trainer:
         self.batch_size = min(cfg.batch_size, n_train)
         self.steps_per_epoch = max(1, n_train // self.batch_size)
         self.samples_per_step = cfg.mc_samples * cfg.iw_samples
-        self.noise_numel = self.model.noise_numel(
-            self.batch_size, self.samples_per_step, cfg.ou_samples if smoothing else 0)
+        self.latent_numel = self.model.latent_noise_numel(self.batch_size, self.samples_per_step)
+        self.ou_numel = self.model.ou_noise_numel(self.batch_size, self.samples_per_step,
+                                                  cfg.ou_samples) if smoothing else 0
         self.loss_fn = self._compiled_loss(cfg.compile)
         self.epoch, self.step, self.wall_time = 0, 0, 0.0
         self.status = ["running"] * self.members
@@ -157,10 +162,11 @@ class Trainer:
     # ------------------------------------------------------------------ the step
 
     def _loss(self, x_real: torch.Tensor, uniform: torch.Tensor, noise: torch.Tensor,
-              beta: torch.Tensor) -> ObjectiveTerms:
+              ou_noise: Optional[torch.Tensor], beta: torch.Tensor) -> ObjectiveTerms:
         """x_real (S, B, D) in [0,1]; uniform (S, B, D) binarization draws; noise (S, T)."""
         x = (uniform < x_real).float() if self.likelihood == "bernoulli" else x_real
-        terms = self.model(x, NoiseTape.recorded(noise), self.samples_per_step, self.smoother)
+        terms = self.model(x, NoiseTape.recorded(noise, ou_noise), self.samples_per_step,
+                           self.smoother)
         return training_objective(terms, self.batch_size, self.config.iw_samples, beta,
                                   self.schedule.free_bits, self.config.kl_estimator)
 
@@ -172,13 +178,15 @@ class Trainer:
         for g in grads:
             g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
 
-    def _batch(self, perms: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Member s's k-th batch of its own permutation plus its step noise: (S,B,D), (S,B,D), (S,T)."""
+    def _batch(self, perms: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+        """Member s's k-th batch of its own permutation plus its step noise:
+        x (S,B,D), uniform (S,B,D), latent noise (S,T), OU noise (S,T') or None."""
         idx = perms[:, k * self.batch_size:(k + 1) * self.batch_size]  # (S, B)
         x_real = self.data.train_x[idx]
         uniform = torch.stack([torch.rand(x_real.shape[1:], generator=g, device=self.device)
                                for g in self.generators])
-        return x_real, uniform, draw_normal(self.generators, self.noise_numel)
+        ou_noise = draw_normal(self.ou_generators, self.ou_numel) if self.ou_numel else None
+        return x_real, uniform, draw_normal(self.generators, self.latent_numel), ou_noise
 
     def _train_epoch(self, epoch: int) -> tuple[torch.Tensor, float]:
         """One pass over every member's own permutation; returns summed losses (S,) and seconds."""
@@ -315,6 +323,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generators": [g.get_state() for g in self.generators],
+            "ou_generators": [g.get_state() for g in self.ou_generators],
             "epoch": self.epoch, "step": self.step, "wall_time": self.wall_time,
             "status": list(self.status), "unit_kl": self.unit_kl_history,
         }
@@ -332,7 +341,8 @@ class Trainer:
         state = torch.load(path, map_location=self.device, weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        for g, s in zip(self.generators, state["generators"]):
+        for g, s in zip(self.generators + self.ou_generators,
+                        state["generators"] + state["ou_generators"]):
             g.set_state(s.cpu())
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.wall_time = float(state["wall_time"])
@@ -371,7 +381,7 @@ class Trainer:
         return paths + [out / "latents.npz", out / "prior_samples.npz"]
 
 
-def fit(config: TrialConfig, log=None) -> dict[str, float]:
+def fit(config: TrialConfig, log=None) -> dict[str, float | str]:
     """Train one configuration to the end; return its final metrics (`vaelab train`)."""
     trainer = Trainer([config])
     final: dict[str, float] = {}

@@ -1,0 +1,129 @@
+"""MLflow -> Arrow tables and pandas frames: everything a report is made from.
+
+`collect_study` reads the study through `vaelab.tracking.read` (the only mlflow user),
+builds the three Parquet tables (schemas in `report.parquet`) and the pandas frames the
+tables and figures are computed from — the frames are read back from those Arrow tables,
+so the report shows exactly what the Parquet files hold.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+from pydantic import ValidationError
+
+from vaelab.report import parquet
+from vaelab.report.spec import ReportSpec
+from vaelab.tracking.read import (
+    StudyRecord,
+    TrialRun,
+    download_trial_artifacts,
+    read_histories,
+    read_study,
+)
+
+
+class ReportError(ValueError):
+    """The study's MLflow content cannot be turned into a report (named cause)."""
+
+
+@dataclass
+class StudyData:
+    """A study as the report sees it."""
+
+    record: StudyRecord
+    spec: ReportSpec
+    trials: pa.Table
+    curves: pa.Table
+    units: pa.Table
+    artifacts: dict[str, dict[str, Path]]  # run_id -> artifact name -> local file
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.trials_df = with_labels(self.trials.to_pandas())
+        self.curves_df = self.curves.to_pandas()
+        self.units_df = self.units.to_pandas()
+
+    @property
+    def parent_tags(self) -> dict[str, str]:
+        return dict(self.record.parent.tags) if self.record.parent else {}
+
+    @property
+    def study_yaml(self) -> dict[str, Any]:
+        return dict(self.record.parent.study_yaml or {}) if self.record.parent else {}
+
+
+def collect_study(study_name: str, tracking_uri: str, cache_dir: Path, workers: int = 4) -> StudyData:
+    """Read one study from MLflow and build its tables and frames."""
+    record = read_study(study_name, tracking_uri)
+    warnings = list(record.warnings)
+    spec = report_spec(record)
+    histories = read_histories(tracking_uri, record.trials, workers=workers)
+    artifacts = download_trial_artifacts(tracking_uri, record.trials, cache_dir, workers=workers)
+    units_rows = _units_rows(record.trials, artifacts, warnings)
+    return StudyData(
+        record=record,
+        spec=spec,
+        trials=parquet.trials_table(study_name, record.trials),
+        curves=parquet.curves_table(record.trials, histories),
+        units=parquet.units_table(record.trials, units_rows),
+        artifacts=artifacts,
+        warnings=warnings,
+    )
+
+
+def report_spec(record: StudyRecord) -> ReportSpec:
+    """The `report:` section of the parent run's study.yaml (defaults when absent)."""
+    study_yaml = record.parent.study_yaml if record.parent else None
+    section = (study_yaml or {}).get("report") or {}
+    try:
+        return ReportSpec.model_validate(section)
+    except ValidationError as err:
+        run = record.parent.run_id if record.parent else "?"
+        raise ReportError(f"study.yaml of run {run}: invalid `report:` section:\n{err}") from err
+
+
+def _units_rows(
+    trials: tuple[TrialRun, ...], artifacts: dict[str, dict[str, Path]], warnings: list[str]
+) -> dict[str, list[tuple[str, int, int, int, float | None]]]:
+    rows: dict[str, list[tuple[str, int, int, int, float | None]]] = {}
+    for trial in trials:
+        path = artifacts.get(trial.run_id, {}).get("unit_kl.json")
+        if path is None:
+            continue
+        try:
+            rows[trial.run_id] = parquet.unit_kl_rows(trial.trial_id, path)
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
+            warnings.append(f"trial {trial.trial_id}: unreadable unit_kl.json ({err})")
+    return rows
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def derived_label(row: pd.Series) -> str:
+    """A variant label from the params, for trials logged without one (VAE+BN+WU style)."""
+    parts = [str(row.get("inference") or "vae").upper()]
+    if bool(row.get("batch_norm")):
+        parts.append("BN")
+    warmup = row.get("warmup_epochs")
+    if warmup is not None and not pd.isna(warmup) and float(warmup) > 0:
+        parts.append("WU")
+    return "+".join(parts)
+
+
+def with_labels(trials: pd.DataFrame) -> pd.DataFrame:
+    """Add `label`: the variant tag, or a label derived from the params when it is empty."""
+    trials = trials.copy()
+    if trials.empty:
+        trials["label"] = pd.Series(dtype=object)
+        return trials
+    derived = trials.apply(derived_label, axis=1)
+    tagged = trials["variant"].fillna("").astype(object)
+    trials["label"] = tagged.where(tagged != "", derived).astype(object)
+    return trials

@@ -1,0 +1,208 @@
+"""The report's Parquet files: explicit, stable Arrow schemas; deterministic rows.
+
+`trials.parquet` — one row per trial run:
+
+    study          string   the study (experiment) name
+    trial_id       string   tag vaelab.trial_id
+    mlflow_run_id  string
+    variant        string   tag vaelab.variant as logged ("" when the trial has no label)
+    status         string   finished | failed | diverged | running
+    cohort         string   tag vaelab.cohort (null when absent)
+    node           string   tag vaelab.node (null when absent)
+    <param>        every TrialConfig field, in declaration order, always present (null
+                   when a run did not log it): int -> int64, float -> float64,
+                   bool -> bool, str / Literal -> string, dims tuples -> string
+                   in the papers' notation ('64-32-16'); params TrialConfig does not know
+                   follow, in natural order, as string
+    <metric>       every final metric (the last logged value), float64, natural order
+                   (kl_layer_2 before kl_layer_10); a metric whose name is already a
+                   column (e.g. the per-epoch `lr` beside the `lr` param) is
+                   named `metrics.<name>`
+    wall_time_s    float64  the last logged wall_time_s metric, else MLflow's run
+                   duration, else null
+
+`curves.parquet` — every metric history, long format:
+
+    trial_id string, epoch int64 (the MLflow step), metric string, value float64
+
+`units.parquet` — per-unit KL over evaluation epochs (from unit_kl.json):
+
+    trial_id string, epoch int64, layer int64 (1 = bottom), unit int64 (0-based index
+    within the layer), kl float64
+
+Rows are sorted by trial_id (natural order), then run id / metric / epoch / layer / unit.
+NaN (a diverged trial's last values) is stored as null — Arrow compares NaN unequal to
+itself, and a null is what a reader's SQL expects; the status column says why. The
+files hold no timestamps and no pandas metadata, so regenerating from the same MLflow
+content gives equal tables (`pyarrow.Table.equals`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vaelab.config import TrialConfig
+from vaelab.report.order import natural_key
+from vaelab.tracking.read import TrialRun, param_kind
+
+FIXED_COLUMNS = ("study", "trial_id", "mlflow_run_id", "variant", "status", "cohort", "node")
+_KIND_TYPES = {
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "bool": pa.bool_(),
+    "str": pa.string(),
+    "dims": pa.string(),
+}
+
+CURVES_SCHEMA = pa.schema(
+    [
+        pa.field("trial_id", pa.string(), nullable=False),
+        pa.field("epoch", pa.int64(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("value", pa.float64()),
+    ]
+)
+UNITS_SCHEMA = pa.schema(
+    [
+        pa.field("trial_id", pa.string(), nullable=False),
+        pa.field("epoch", pa.int64(), nullable=False),
+        pa.field("layer", pa.int64(), nullable=False),
+        pa.field("unit", pa.int64(), nullable=False),
+        pa.field("kl", pa.float64()),
+    ]
+)
+
+
+def trial_sort_key(trial: TrialRun) -> tuple[Any, ...]:
+    return (natural_key(trial.trial_id), trial.run_id)
+
+
+# --------------------------------------------------------------------------- trials
+
+
+def param_columns(trials: Iterable[TrialRun]) -> list[str]:
+    """Every TrialConfig field (declaration order), then unknown params (natural order)."""
+    known = list(TrialConfig.model_fields)
+    extra = {name for t in trials for name in t.params if name not in TrialConfig.model_fields}
+    return known + sorted(extra - set(FIXED_COLUMNS), key=natural_key)
+
+
+def metric_columns(trials: Iterable[TrialRun], taken: set[str]) -> dict[str, str]:
+    """final metric name -> column name, in natural order (wall_time_s has its own column)."""
+    names = sorted({m for t in trials for m in t.metrics if m != "wall_time_s"}, key=natural_key)
+    return {m: (f"metrics.{m}" if m in taken else m) for m in names}
+
+
+def trials_schema(params: list[str], metrics: Mapping[str, str]) -> pa.Schema:
+    fields = [pa.field(name, pa.string(), nullable=name in ("cohort", "node")) for name in FIXED_COLUMNS]
+    fields += [pa.field(name, _KIND_TYPES[param_kind(name)]) for name in params]
+    fields += [pa.field(column, pa.float64()) for column in metrics.values()]
+    fields.append(pa.field("wall_time_s", pa.float64()))
+    return pa.schema(fields)
+
+
+def trials_table(study: str, trials: Iterable[TrialRun]) -> pa.Table:
+    """The trials.parquet table (see the module docstring for its schema)."""
+    trials = sorted(trials, key=trial_sort_key)
+    params = param_columns(trials)
+    metrics = metric_columns(trials, set(FIXED_COLUMNS) | set(params))
+    schema = trials_schema(params, metrics)
+    columns: dict[str, list[Any]] = {
+        "study": [study] * len(trials),
+        "trial_id": [t.trial_id for t in trials],
+        "mlflow_run_id": [t.run_id for t in trials],
+        "variant": [t.variant for t in trials],
+        "status": [t.status for t in trials],
+        "cohort": [t.tags.get("vaelab.cohort") for t in trials],
+        "node": [t.tags.get("vaelab.node") for t in trials],
+    }
+    for name in params:
+        columns[name] = [t.params.get(name) for t in trials]
+    for metric, column in metrics.items():
+        columns[column] = [_nan_to_null(t.metrics.get(metric)) for t in trials]
+    columns["wall_time_s"] = [_wall_time(t) for t in trials]
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def _wall_time(trial: TrialRun) -> float | None:
+    logged = _nan_to_null(trial.metrics.get("wall_time_s"))
+    return logged if logged is not None else trial.duration_s
+
+
+def _nan_to_null(value: float | None) -> float | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value)
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def curves_table(
+    trials: Iterable[TrialRun], histories: Mapping[str, Mapping[str, list[tuple[int, float]]]]
+) -> pa.Table:
+    """curves.parquet: one row per (trial, metric, epoch)."""
+    rows: list[tuple[str, int, str, float | None]] = []
+    for trial in sorted(trials, key=trial_sort_key):
+        history = histories.get(trial.run_id, {})
+        for metric in sorted(history, key=natural_key):
+            rows += [(trial.trial_id, step, metric, _nan_to_null(v)) for step, v in history[metric]]
+    return _table_from_rows(rows, CURVES_SCHEMA)
+
+
+# --------------------------------------------------------------------------- units
+
+
+def unit_kl_rows(trial_id: str, path: Path) -> list[tuple[str, int, int, int, float | None]]:
+    """Rows of units.parquet from one unit_kl.json ([{epoch, layer, kl: [...]}, ...]).
+
+    When an (epoch, layer) entry appears twice (a retried trial), the later one wins.
+    """
+    entries = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a list of {{epoch, layer, kl}} entries")
+    latest: dict[tuple[int, int], list[float]] = {}
+    for entry in entries:
+        latest[(int(entry["epoch"]), int(entry["layer"]))] = [float(v) for v in entry["kl"]]
+    return [
+        (trial_id, epoch, layer, unit, _nan_to_null(kl))
+        for (epoch, layer), values in sorted(latest.items())
+        for unit, kl in enumerate(values)
+    ]
+
+
+def units_table(
+    trials: Iterable[TrialRun], rows_by_run: Mapping[str, list[tuple[str, int, int, int, float | None]]]
+) -> pa.Table:
+    """units.parquet from the rows of every trial run, sorted by trial, epoch, layer, unit."""
+    rows = [
+        row
+        for trial in sorted(trials, key=trial_sort_key)
+        for row in sorted(rows_by_run.get(trial.run_id, []), key=lambda r: r[1:4])
+    ]
+    return _table_from_rows(rows, UNITS_SCHEMA)
+
+
+# --------------------------------------------------------------------------- io
+
+
+def _table_from_rows(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
+    columns = {field.name: [row[i] for row in rows] for i, field in enumerate(schema)}
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def write_parquet(table: pa.Table, path: Path) -> Path:
+    """Write atomically (temp file + rename), without schema metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table.replace_schema_metadata(None), tmp)
+    os.replace(tmp, path)
+    return path
