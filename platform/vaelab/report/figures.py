@@ -15,8 +15,11 @@ with a reason when the study lacks what it needs (the HTML shows the reason).
 | kl_vs_rho         | top-layer KL vs rho, one line per model config (Hermite VAE Fig 1) |
 | curves            | test_elbo and kl_total vs epoch per variant                        |
 
-"Deepest model of a variant": its finished trials at the largest depth; figures of one
-trial (heatmaps, PCA, samples) use the lowest seed among them that has the artifact.
+"Deepest model of a variant": its finished trials at the largest depth (one configuration
+when they differ in more than the seed, see `deepest`); figures of one trial (heatmaps,
+PCA, samples) use the lowest seed among them that has the artifact. Line plots against
+depth or rho draw one line per variant and configuration, never pooling e.g. a rho sweep
+into one mean.
 """
 
 from __future__ import annotations
@@ -24,14 +27,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
+from vaelab.config import TrialConfig
 from vaelab.report import order
+from vaelab.report.tables import BOOKKEEPING_PARAMS, matches, plain
 
 FIGURE_NAMES = (
     "ll_vs_depth",
@@ -78,7 +84,7 @@ def render_figures(
             skipped[name] = str(reason)
             path.unlink(missing_ok=True)  # no stale figure from an earlier build
             continue
-        figure.savefig(path, dpi=_DPI, bbox_inches="tight", metadata={"Software": None})
+        figure.savefig(path, dpi=_DPI, metadata={"Software": None})
         written[name] = path
     return written, skipped
 
@@ -97,13 +103,68 @@ def _layer_columns(frame: pd.DataFrame, prefix: str) -> dict[int, str]:
 
 
 def deepest(data: FigureData) -> dict[str, pd.DataFrame]:
-    """label -> that variant's finished trials at its largest depth."""
+    """label -> that variant's finished trials at its largest depth, one configuration.
+
+    When trials there differ in more than the seed (a rho sweep, say), the configuration
+    with the most trials is kept, ties going to the one closest to TrialConfig's defaults.
+    """
     finished = data.finished
     out = {}
     for label in _labels(finished):
         trials = finished[finished["label"] == label]
-        out[label] = trials[trials["depth"] == trials["depth"].max()]
+        trials = trials[trials["depth"] == trials["depth"].max()]
+        out[label] = _main_configuration(trials)
     return out
+
+
+def varying_params(trials: pd.DataFrame, exclude: Iterable[str] = ()) -> list[str]:
+    """TrialConfig params (not seeds or bookkeeping) that differ among `trials`."""
+    skip = BOOKKEEPING_PARAMS | set(exclude)
+    return [
+        name
+        for name in TrialConfig.model_fields
+        if name not in skip and name in trials and trials[name].nunique(dropna=False) > 1
+    ]
+
+
+def _config_key(row: pd.Series, params: list[str]) -> str:
+    return ", ".join(f"{p}={order.display(plain(row[p]))}" for p in params)
+
+
+def _drop_implied(trials: pd.DataFrame, params: list[str]) -> list[str]:
+    """Leave out depth / hidden_dims where latent_dims already tells them apart."""
+    if "latent_dims" not in params:
+        return params
+    by_dims = trials.groupby("latent_dims", dropna=False)
+    return [p for p in params if p not in ("depth", "hidden_dims") or by_dims[p].nunique(dropna=False).max() > 1]
+
+
+def _main_configuration(trials: pd.DataFrame) -> pd.DataFrame:
+    params = varying_params(trials)
+    if not params:
+        return trials
+    keys = trials.apply(_config_key, axis=1, params=params)
+    defaults = TrialConfig().model_dump()
+    closeness = trials.apply(lambda r: sum(matches(r[p], defaults.get(p)) for p in params), axis=1)
+    ranking = pd.DataFrame({"key": keys, "closeness": closeness})
+    scores = ranking.groupby("key").agg(count=("key", "size"), closeness=("closeness", "max"))
+    best = scores.sort_values(["count", "closeness"], ascending=False, kind="stable").index[0]
+    return trials[keys == best]
+
+
+def config_lines(trials: pd.DataFrame, exclude: Iterable[str]) -> list[tuple[str, pd.DataFrame]]:
+    """(legend label, trials) per variant and configuration, `exclude` being the x axis."""
+    lines = []
+    for label in _labels(trials):
+        mine = trials[trials["label"] == label]
+        params = _drop_implied(mine, varying_params(mine, exclude))
+        if not params:
+            lines.append((label, mine))
+            continue
+        keys = mine.apply(_config_key, axis=1, params=params)
+        for key in sorted(set(keys), key=order.natural_key):
+            lines.append((f"{label} ({key})", mine[keys == key]))
+    return lines
 
 
 def representative(trials: pd.DataFrame, data: FigureData, artifact: str) -> pd.Series | None:
@@ -136,11 +197,10 @@ def ll_vs_depth(data: FigureData) -> Figure:
     depths = sorted(finished["depth"].unique())
     if len(depths) < 2:
         raise SkipFigure(f"the study has one depth only ({depths[0]})")
-    fig = Figure(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
-    for label in _labels(finished):
-        trials = finished[finished["label"] == label]
-        stats = trials.groupby("depth")["test_ll_iw"].agg(["mean", "std", "count"]).fillna(0.0)
+    for label, trials in config_lines(finished, exclude=("depth", "latent_dims", "hidden_dims")):
+        stats = trials.groupby("depth")["test_ll_iw"].agg(["mean", "std"]).fillna(0.0)
         ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=label)
     iw = sorted(finished["eval_iw"].dropna().unique()) if "eval_iw" in finished else []
     k = f"K={int(iw[0])}" if len(iw) == 1 else "K varies"
@@ -177,9 +237,11 @@ def unit_kl_heatmaps(data: FigureData) -> Figure:
             ax.set_title(f"{label} ({row['trial_id']}) — layer {c + 1}", fontsize=9)
             ax.set_xlabel("epoch")
             ax.set_ylabel("unit (sorted by final KL)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if image is not None:
         fig.colorbar(image, ax=axes, label="KL(q‖p) per unit (nats, log scale)", shrink=0.8)
-    fig.suptitle("Per-unit KL over training (deepest model per variant; light = inactive)")
+    fig.suptitle("Per-unit KL over training (deepest model per variant; white = inactive)")
     return fig
 
 
@@ -189,7 +251,7 @@ def _heatmap(ax, layer_units: pd.DataFrame, norm: LogNorm):
     epochs = grid.columns.to_numpy()
     values = np.clip(grid.to_numpy(dtype=float), _KL_FLOOR, None)
     extent = (epochs.min() - 0.5, epochs.max() + 0.5, len(grid) - 0.5, -0.5)
-    return ax.imshow(values, aspect="auto", cmap="viridis", norm=norm, extent=extent, interpolation="nearest")
+    return ax.imshow(values, aspect="auto", cmap="magma_r", norm=norm, extent=extent, interpolation="nearest")
 
 
 def active_units(data: FigureData) -> Figure:
@@ -206,7 +268,7 @@ def kl_std_normal(data: FigureData) -> Figure:
     columns = _layer_columns(data.finished, "kl_std_normal_layer")
     if not columns:
         raise SkipFigure("no finished trial logged kl_std_normal_layer_{i}")
-    fig = Figure(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
     for label, trials in groups.items():
         layers = [i for i, col in columns.items() if trials[col].notna().any()]
@@ -231,7 +293,7 @@ def _per_layer_bars(data: FigureData, prefix: str, title: str, ylabel: str) -> F
     columns = _layer_columns(data.finished, prefix)
     if not columns:
         raise SkipFigure(f"no finished trial logged {prefix}_{{i}}")
-    fig = Figure(figsize=(max(7, 1.5 * len(columns) + 3), 4.5))
+    fig = Figure(figsize=(max(7, 1.5 * len(columns) + 3), 4.5), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / max(1, len(groups))
     layers = np.array(list(columns))
@@ -337,21 +399,21 @@ def kl_vs_rho(data: FigureData) -> Figure:
     frame = finished.assign(top_kl=top).dropna(subset=["top_kl"])
     if frame.empty:
         raise SkipFigure("no finished trial logged kl_layer_{depth}")
-    fig = Figure(figsize=(7, 4.5))
+    lines = [(label, t) for label, t in config_lines(frame, exclude=("rho",)) if t["rho"].nunique() > 1]
+    if not lines:
+        raise SkipFigure("no model configuration was trained at two or more values of rho")
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
-    configs = sorted(frame.groupby(["label", "latent_dims"]).groups,
-                     key=lambda k: (order.variant_key(k[0]), order.dims_key(str(k[1]))))
-    for label, dims in configs:
-        trials = frame[(frame["label"] == label) & (frame["latent_dims"] == dims)]
+    for label, trials in lines:
         stats = trials.groupby("rho")["top_kl"].agg(["mean", "std"]).fillna(0.0)
-        ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=f"{label} ({dims})")
+        ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=label)
     ax.set(
         title="Top-layer KL vs OU smoothing ρ (phase transition)",
         xlabel="ρ (1 = no smoothing)",
         ylabel="KL of the top latent layer (nats)",
     )
     ax.grid(alpha=0.3)
-    ax.legend(title="model (latent dims)")
+    ax.legend(title="model configuration (≥ 2 values of ρ)", fontsize=8)
     return fig
 
 
@@ -377,6 +439,7 @@ def curves(data: FigureData) -> Figure:
             mean = mine.groupby("epoch")["value"].mean()
             ax.plot(mean.index, mean.to_numpy(), marker=".", label=_legend_label(label, trials))
         ax.set(title=f"{metric} per epoch (mean over seeds)", xlabel="epoch", ylabel=f"{metric} (nats)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(title="variant (latent dims; seeds)", fontsize=8)
     fig.suptitle("Training curves (deepest model per variant)")

@@ -33,7 +33,7 @@ from vaelab.report.spec import TableSpec
 TOTAL = "total"
 NOT_FINISHED = ("diverged", "failed", "running")
 # params that never make two trials different experiments
-_BOOKKEEPING = frozenset(
+BOOKKEEPING_PARAMS = frozenset(
     {"seed", "data_dir", "device", "compile", "checkpoint_every", "eval_batch_size", "init_from"}
 )
 _STATUS_ORDER = {"diverged": 0, "failed": 1, "running": 2}
@@ -91,6 +91,20 @@ class TableResult:
     @property
     def title(self) -> str:
         return self.spec.title or self.spec.name
+
+    def caption(self) -> str:
+        """What the table shows, in one line."""
+        spec = self.spec
+        rows = "layer (1 = bottom) + total" if spec.rows == "layer" else spec.rows
+        value = f"{spec.value}_{{i}}" if spec.rows == "layer" else spec.value
+        parts = [f"{value}: rows = {rows}, columns = {spec.columns}"]
+        if spec.where:
+            parts.append("where " + ", ".join(f"{k}={order.display(v)}" for k, v in spec.where.items()))
+        parts.append(f"mean ± std over seeds of finished trials; bold = best per row ({spec.better} is better)")
+        if spec.paper is not None:
+            ref = spec.paper
+            parts.append(f"paper = {ref.source} {ref.table} ({ref.dataset}, {ref.metric}, finetune {ref.finetune})")
+        return "; ".join(parts)
 
     def cell(self, row: Any, column: Any) -> Cell | None:
         return self.cells.get((row, column))
@@ -370,7 +384,7 @@ def _mixed_params(spec: TableSpec, subset: pd.DataFrame) -> list[str]:
     keys = [axis_column(spec.columns)] + ([] if spec.rows == "layer" else [axis_column(spec.rows)])
     mixed = []
     for name in TrialConfig.model_fields:
-        if name in _BOOKKEEPING or name in axes or name not in finished.columns:
+        if name in BOOKKEEPING_PARAMS or name in axes or name not in finished.columns:
             continue
         per_cell = finished.groupby(keys, dropna=False)[name].nunique(dropna=False)
         if (per_cell > 1).any():

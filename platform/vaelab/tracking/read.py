@@ -25,6 +25,7 @@ imports torch or ray.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import types
@@ -191,6 +192,12 @@ def open_client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri)
 
 
+def _quiet_downloads() -> None:
+    # MLflow draws a progress bar per downloaded file; hundreds of runs flood stderr.
+    # setdefault: an explicit MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR of the user wins.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def read_study(study_name: str, tracking_uri: str) -> StudyRecord:
     """The study's parent run (with its parsed study.yaml) and its trial runs.
 
@@ -271,6 +278,7 @@ def _read_yaml_artifact(client: MlflowClient, run_id: str, name: str) -> dict[st
     names = {info.path for info in client.list_artifacts(run_id)}
     if name not in names:
         return None
+    _quiet_downloads()
     with tempfile.TemporaryDirectory() as tmp:
         local = client.download_artifacts(run_id, name, tmp)
         loaded = yaml.safe_load(Path(local).read_text(encoding="utf-8"))
@@ -384,6 +392,7 @@ def download_trial_artifacts(
     """
     client = open_client(tracking_uri)
     cache_dir = Path(cache_dir)
+    _quiet_downloads()
 
     def fetch(trial: TrialRun) -> tuple[str, dict[str, Path]]:
         return trial.run_id, _run_artifacts(client, trial, cache_dir / trial.run_id, names)

@@ -36,6 +36,8 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from vaelab.errors import VaelabError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -56,6 +58,7 @@ TAG_NODE = "vaelab.node"
 TAG_COHORT = "vaelab.cohort"
 TAG_RUN_NAME = "vaelab.run_name"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_ATTEMPT = "vaelab.attempt"  # 1 on the first start, +1 each time a retry/restore reopens the run
 
 # MLflow error codes that no retry can fix (the request itself is wrong).
 _PERMANENT_CODES = frozenset(
@@ -88,7 +91,7 @@ _MAX_PARAM_LENGTH = 6000
 _SECRET_QUERY_KEYS = re.compile(r"(pass|secret|token|key|auth|cred|signature)", re.IGNORECASE)
 
 
-class TrackingError(RuntimeError):
+class TrackingError(VaelabError):
     """The tracking server or database cannot be used (unreachable, misconfigured)."""
 
 
@@ -534,6 +537,7 @@ class TrialRun:
             client, info.experiment_id, base_tags, run_name, TAG_TRIAL_ID, trial_id, info.parent_run_id
         )
         resumed = run.info.status != "RUNNING" or bool(run.data.metrics) or bool(run.data.params)
+        attempt = int(run.data.tags.get(TAG_ATTEMPT, "0") or 0) + 1
         trial = cls(
             client=client,
             run_id=run.info.run_id,
@@ -544,7 +548,7 @@ class TrialRun:
         )
         if run.info.status != "RUNNING":
             with_retry(lambda: client.update_run(trial.run_id, status="RUNNING"), "reopen run")
-        trial.set_tags({TAG_STATUS: "running", TAG_NODE: node or node_name(), **tags})
+        trial.set_tags({TAG_STATUS: "running", TAG_NODE: node or node_name(), TAG_ATTEMPT: attempt, **tags})
         trial.log_params(params)
         return trial
 
@@ -676,3 +680,124 @@ def finite(value: Any) -> bool:
         return math.isfinite(float(value))
     except (TypeError, ValueError):
         return False
+
+
+# --------------------------------------------------------------------------- lookups
+# Small reads the runner's summary and the CLI's `ls` / `query` need right after writing;
+# the report's read side is tracking/read.py.
+
+
+def list_trial_runs(info: StudyRunInfo) -> list[dict[str, Any]]:
+    """The child runs of the study run `info`, one row each (see `trial_row`)."""
+    client = MlflowClient(info.tracking_uri)
+    runs = _search(client, info.experiment_id, {TAG_ROLE: ROLE_TRIAL, TAG_PARENT: info.parent_run_id})
+    return [trial_row(r) for r in runs]
+
+
+def search_trial_runs(
+    tracking_uri: str, filter_string: str = "", study: Optional[str] = None
+) -> list[dict[str, Any]]:
+    """Trial runs matching an MLflow search filter (`params.depth = '2' and metrics.test_elbo > -90`),
+    in one study or in every study of the store."""
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    if study:
+        exp = with_retry(lambda: client.get_experiment_by_name(study), "get experiment")
+        if exp is None:
+            raise TrackingError(f"no study {study!r} in {redact_uri(uri)}")
+        experiment_ids = [exp.experiment_id]
+    else:
+        experiment_ids = [e.experiment_id for e in _all_experiments(client)]
+    if not experiment_ids:
+        return []
+    clause = f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'"
+    filter_string = f"{clause} and {filter_string}" if filter_string.strip() else clause
+
+    def call():
+        runs, token = [], None
+        while True:
+            page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=1000,
+                                      order_by=["attributes.start_time ASC"], page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    try:
+        runs = with_retry(call, "search runs", deadline_s=30)
+    except MlflowException as err:
+        if err.error_code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"):
+            raise TrackingError(f"bad filter {filter_string!r}: {err.message}") from err
+        raise
+    return [trial_row(r) for r in runs]
+
+
+def list_studies(tracking_uri: str) -> list[dict[str, Any]]:
+    """One row per study run (parent run) in the store: study, run name, status, budget, #trials."""
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    rows = []
+    for exp in _all_experiments(client):
+        runs = with_retry(
+            lambda e=exp: client.search_runs([e.experiment_id], max_results=5000), "search runs"
+        )
+        trials_by_parent: dict[str, int] = {}
+        for run in runs:
+            if run.data.tags.get(TAG_ROLE) == ROLE_TRIAL:
+                parent = run.data.tags.get(TAG_PARENT, "")
+                trials_by_parent[parent] = trials_by_parent.get(parent, 0) + 1
+        for run in runs:
+            tags = run.data.tags
+            if tags.get(TAG_ROLE) != ROLE_STUDY:
+                continue
+            rows.append({
+                "study": exp.name,
+                "run_name": tags.get(TAG_RUN_NAME, run.info.run_name or ""),
+                "status": tags.get(TAG_STATUS, run.info.status.lower()),
+                "budget": tags.get("vaelab.budget", ""),
+                "trials": trials_by_parent.get(run.info.run_id, 0),
+                "planned": tags.get("vaelab.trials_planned", ""),
+                "started": time.strftime("%Y-%m-%d %H:%M", time.localtime((run.info.start_time or 0) / 1000)),
+                "run_id": run.info.run_id,
+            })
+    return sorted(rows, key=lambda r: (r["study"], r["started"]))
+
+
+def _all_experiments(client: MlflowClient):
+    exps, token = [], None
+    while True:
+        page = with_retry(
+            lambda t=token: client.search_experiments(max_results=1000, page_token=t), "search experiments"
+        )
+        exps.extend(e for e in page if e.name != "Default")
+        token = page.token
+        if not token:
+            return exps
+
+
+def trial_row(run) -> dict[str, Any]:
+    """A child run as plain data: ids, tags that matter, params (strings), last metric values."""
+    tags = run.data.tags
+    tag_status = tags.get(TAG_STATUS, "")
+    status = tag_status if tag_status in STATUSES else (
+        "failed" if run.info.status in ("FAILED", "KILLED") else
+        "finished" if run.info.status == "FINISHED" else "running"
+    )
+    return {
+        "run_id": run.info.run_id,
+        "study": tags.get(TAG_STUDY, ""),
+        "run_name": tags.get(TAG_RUN_NAME, ""),
+        "trial_id": tags.get(TAG_TRIAL_ID, ""),
+        "trial_key": tags.get(TAG_TRIAL_KEY) or run.info.run_name or tags.get(TAG_TRIAL_ID, ""),
+        "variant": tags.get(TAG_VARIANT, ""),
+        "status": status,
+        "mlflow_status": run.info.status,
+        "cohort": tags.get(TAG_COHORT, ""),
+        "attempt": int(tags.get(TAG_ATTEMPT, "1") or 1),
+        "node": tags.get(TAG_NODE, ""),
+        "parent_run_id": tags.get(TAG_PARENT, ""),
+        "params": dict(run.data.params),
+        "metrics": {k: float(v) for k, v in run.data.metrics.items()},
+        "start_time": run.info.start_time,
+        "end_time": run.info.end_time,
+    }

@@ -1,0 +1,164 @@
+"""Speed benchmarks: vaelab's training core against a plain eager implementation, in one run.
+
+Measures (SPEC §6, issue 7):
+  1. training steps/s at batch 256 — vaelab (cohorts of S members: per-trial steps/s and
+     member-steps/s) and the eager baseline (benchmarks/eager_baseline.py) — for the 5-layer
+     LVAE+BN, the 5-layer VAE and the 1-layer VAE;
+  2. IW evaluation samples/s: vaelab's batched L_K against a Python loop over K;
+  3. grid throughput: trials per hour for a small grid trained one trial at a time vs packed
+     into cohorts;
+  4. peak memory per trial.
+Prints a markdown table and appends it to benchmarks/RESULTS.md with the device, library
+versions and date. Data: real MNIST (--data-dir) or the bundled digits when absent.
+
+    python benchmarks/bench_train.py --data-dir ../shared/data/mnist [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform as host_platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from eager_baseline import EagerHVAE, train_steps  # noqa: E402
+
+from vaelab.config import TrialConfig  # noqa: E402
+from vaelab.data import dataset_for  # noqa: E402
+from vaelab.evaluate import evaluate_iw, iw_bound_loop  # noqa: E402
+from vaelab.train import Trainer, resolve_device  # noqa: E402
+
+MODELS = {
+    "LVAE+BN depth 5": dict(inference="lvae", batch_norm=True, depth=5),
+    "VAE depth 5": dict(inference="vae", batch_norm=False, depth=5),
+    "VAE depth 1": dict(inference="vae", batch_norm=False, depth=1),
+}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {host_platform.processor() or host_platform.machine()} × {torch.get_num_threads()} threads"
+
+
+def base_config(args, **overrides) -> TrialConfig:
+    values = dict(dataset=args.dataset, data_dir=args.data_dir, train_subset=256 * args.steps,
+                  epochs=2, eval_every=1000, train_eval_size=0, eval_iw=1, eval_batch_size=1000,
+                  device=args.device, compile=args.compile)
+    return TrialConfig(**(values | overrides))
+
+
+def vaelab_steps_per_s(args, model: dict, members: int) -> tuple[float, float]:
+    """Steps/s of one cohort trial (second epoch: after compilation / warm-up) and peak MB."""
+    configs = [base_config(args, seed=s, **model) for s in range(members)]
+    trainer = Trainer(configs)
+    if trainer.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for report in trainer.run():
+        steps = report.metrics[0]["steps_per_s"]
+    return steps, report.metrics[0].get("peak_mem_mb", float("nan"))
+
+
+def eager_steps_per_s(args, model: dict, train_x: torch.Tensor) -> float:
+    z = [64, 32, 16, 8, 4][: model["depth"]]
+    w = [512, 256, 128, 64, 32][: model["depth"]]
+    net = EagerHVAE(train_x.shape[1], z, w, model["inference"], model["batch_norm"]).to(train_x.device)
+    train_steps(net, train_x, min(10, args.steps))  # warm-up
+    return train_steps(net, train_x, args.steps)
+
+
+def iw_speed(args) -> dict[str, float]:
+    """Samples/s of batched L_K and of a Python loop over K on the same trained-for-0 model."""
+    cfg = base_config(args, inference="lvae", batch_norm=True, depth=5)
+    trainer = Trainer([cfg])
+    trainer._prepare_eval(0)
+    x = trainer.data.test_x[: args.iw_images]
+    gens = trainer._eval_generators(0)
+    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+    start = time.perf_counter()
+    batched = evaluate_iw(trainer.model, x, args.iw_k, gens, batch_size=min(len(x), 1000),
+                          max_rows=(1 << 20) if trainer.device.type == "cuda" else (1 << 16))
+    sync()
+    t_batched = time.perf_counter() - start
+    start = time.perf_counter()
+    loop = iw_bound_loop(trainer.model, x, args.iw_k_loop, gens)
+    sync()
+    t_loop = time.perf_counter() - start
+    return {"batched_s": t_batched, "batched_samples_per_s": len(x) * args.iw_k / t_batched,
+            "batched_value": float(batched[0]), "loop_s_for_K": t_loop * args.iw_k / args.iw_k_loop,
+            "loop_samples_per_s": len(x) * args.iw_k_loop / t_loop, "loop_value": float(loop[0])}
+
+
+def grid_throughput(args) -> dict[str, float]:
+    """Trials/hour for a 4-seed × 2-warm-up grid of small VAEs: one by one vs one cohort."""
+    grid = [base_config(args, inference="vae", depth=2, seed=s, warmup_epochs=w, epochs=2,
+                        train_subset=256 * 20)
+            for s in range(4) for w in (0.0, 1.0)]
+    start = time.perf_counter()
+    for cfg in grid:
+        list(Trainer([cfg]).run())
+    solo = time.perf_counter() - start
+    start = time.perf_counter()
+    list(Trainer(grid).run())
+    cohort = time.perf_counter() - start
+    return {"trials": len(grid), "solo_trials_per_h": len(grid) * 3600 / solo,
+            "cohort_trials_per_h": len(grid) * 3600 / cohort}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", default="auto")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--cohorts", default="1,4")
+    parser.add_argument("--iw-images", type=int, default=1000)
+    parser.add_argument("--iw-k", type=int, default=5000)
+    parser.add_argument("--iw-k-loop", type=int, default=200, help="loop iterations timed (scaled to K)")
+    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    parser.add_argument("--quick", action="store_true", help="smaller everything (smoke mode)")
+    args = parser.parse_args()
+    args.dataset = "mnist" if args.data_dir else "digits"
+    if args.quick:
+        args.steps, args.iw_images, args.iw_k, args.iw_k_loop = 5, 100, 100, 20
+    device = resolve_device(args.device)
+    data = dataset_for(base_config(args), device)
+
+    lines = [f"\n## {dt.date.today()} — {device_name(device)}",
+             f"torch {torch.__version__}, python {sys.version.split()[0]}, data {args.dataset}, "
+             f"batch 256, compile={args.compile}\n",
+             "| model | eager baseline steps/s | vaelab S=1 steps/s | speed-up | "
+             + " | ".join(f"S={s} member-steps/s" for s in args.cohorts.split(",")[1:]) + " | peak MB (S=1) |",
+             "|---|---|---|---|" + "---|" * (len(args.cohorts.split(",")) - 1) + "---|"]
+    for name, model in MODELS.items():
+        eager = eager_steps_per_s(args, model, data.train_x)
+        cells, peak = [], None
+        for s in (int(v) for v in args.cohorts.split(",")):
+            steps, mem = vaelab_steps_per_s(args, model, s)
+            cells.append(steps * s)
+            peak = mem if peak is None else peak
+        lines.append(f"| {name} | {eager:.1f} | {cells[0]:.1f} | {cells[0] / eager:.2f}× | "
+                     + " | ".join(f"{c:.1f}" for c in cells[1:]) + f" | {peak:.0f} |")
+        print(lines[-1], flush=True)
+    iw = iw_speed(args)
+    lines.append(f"\nIW evaluation, K={args.iw_k} on {args.iw_images} test images (LVAE+BN depth 5): "
+                 f"batched {iw['batched_s']:.1f} s ({iw['batched_samples_per_s']:.0f} samples/s, "
+                 f"L_K={iw['batched_value']:.2f}); Python loop over K {iw['loop_samples_per_s']:.0f} "
+                 f"samples/s → {iw['loop_s_for_K']:.1f} s projected for K={args.iw_k} "
+                 f"(L_{args.iw_k_loop}={iw['loop_value']:.2f}).")
+    grid = grid_throughput(args)
+    lines.append(f"\nGrid throughput ({grid['trials']} small trials, 2 epochs each): one by one "
+                 f"{grid['solo_trials_per_h']:.0f} trials/h, one cohort {grid['cohort_trials_per_h']:.0f} trials/h.")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with open(args.results, "a") as fh:
+        fh.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""index.html: one self-contained page (inline CSS, figures by relative path) that opens from disk.
+
+No external resources, no timestamps. A two-line script marks every figure that loaded
+(`data-loaded="1"`) and replaces one that did not with a visible "missing figure" note.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from vaelab.report import order
+from vaelab.report.summary import Summary
+from vaelab.report.tables import TOTAL, TableResult
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1300px; color: #222; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2rem; }
+dl.facts { display: grid; grid-template-columns: max-content auto; gap: .2rem 1rem; }
+dl.facts dt { font-weight: 600; } dl.facts dd { margin: 0; font-family: monospace; }
+.notes { white-space: pre-wrap; background: #f6f8fa; padding: .6rem .9rem; border-radius: 4px; }
+.warning { color: #8a4b00; }
+table.ablation { border-collapse: collapse; margin: .6rem 0; font-variant-numeric: tabular-nums; }
+table.ablation th, table.ablation td { border: 1px solid #ccc; padding: .3rem .6rem; text-align: right; }
+table.ablation th { background: #f0f0f0; } table.ablation th.row { text-align: left; }
+table.ablation td .counts { color: #666; font-size: .85em; }
+table.ablation td .paper { color: #1a5fb4; font-size: .85em; display: block; }
+table.ablation td.best strong { color: #000; }
+.caption { color: #555; font-size: .9em; }
+ul.table-notes li { color: #8a4b00; }
+figure { margin: 1.5rem 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { color: #555; font-size: .9em; }
+.missing { color: #b00; font-weight: 600; }
+"""
+
+_SCRIPT = """
+window.addEventListener('load', function () {
+  for (const img of document.images) { img.dataset.loaded = (img.complete && img.naturalWidth > 0) ? '1' : '0'; }
+});
+"""
+_ONERROR = "this.replaceWith(Object.assign(document.createElement('p'),{className:'missing',textContent:'missing figure: '+this.getAttribute('src')}))"
+
+
+def render_html(
+    summary: Summary,
+    tables: list[TableResult],
+    figures: dict[str, str],
+    skipped: dict[str, str],
+    captions: dict[str, str],
+    files: list[str],
+) -> str:
+    """The whole index.html; `figures` and `files` are paths relative to the report folder."""
+    body = [f"<h1>Study <code>{escape(summary.study)}</code></h1>"]
+    if summary.notes:
+        body.append(f'<div class="notes">{escape(summary.notes)}</div>')
+    body.append(_facts(summary))
+    body += [f'<p class="warning">warning: {escape(w)}</p>' for w in summary.warnings]
+    body += [table_html(t) for t in tables]
+    if not tables:
+        body.append("<p>The study's <code>report:</code> section names no tables.</p>")
+    body.append(_figures(figures, skipped, captions))
+    body.append(_files(files))
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>vaelab report: {escape(summary.study)}</title>\n<style>{_CSS}</style>\n"
+        f"<script>{_SCRIPT}</script>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+    )
+
+
+def _facts(summary: Summary) -> str:
+    items = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in summary.facts())
+    return f'<dl class="facts">{items}</dl>'
+
+
+def table_html(table: TableResult) -> str:
+    parts = [
+        f'<section class="table" id="table-{escape(table.spec.name)}">',
+        f"<h2>{escape(table.title)}</h2>",
+        f'<p class="caption">{escape(table.caption())}</p>',
+    ]
+    if table.rows and table.columns:
+        parts.append(_grid(table))
+    if table.notes:
+        parts.append('<ul class="table-notes">' + "".join(f"<li>{escape(n)}</li>" for n in table.notes) + "</ul>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _grid(table: TableResult) -> str:
+    corner = f"{table.spec.rows} \\ {table.spec.columns}"
+    head = "".join(f"<th>{escape(order.display(c))}</th>" for c in table.columns)
+    rows = []
+    for row in table.rows:
+        label = "total" if row == TOTAL else order.display(row)
+        cells = "".join(_cell(table, row, column) for column in table.columns)
+        rows.append(f'<tr><th class="row">{escape(label)}</th>{cells}</tr>')
+    return (
+        f'<table class="ablation" data-table="{escape(table.spec.name)}">'
+        f'<thead><tr><th class="row">{escape(corner)}</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _cell(table: TableResult, row: object, column: object) -> str:
+    cell = table.cell(row, column)
+    if cell is None:
+        return "<td></td>"
+    best = (row, column) in table.best
+    ours = escape(cell.ours())
+    ours = f"<strong>{ours}</strong>" if best else ours
+    paper = f' <span class="paper">· {escape(cell.paper_text())}</span>' if cell.paper is not None else ""
+    klass = ' class="best"' if best else ""
+    return f'<td{klass}>{ours} <span class="counts">{escape(cell.counts())}</span>{paper}</td>'
+
+
+def _figures(figures: dict[str, str], skipped: dict[str, str], captions: dict[str, str]) -> str:
+    parts = ["<h2>Figures</h2>"]
+    for name, path in figures.items():
+        caption = captions.get(name, name)
+        parts.append(
+            f'<figure id="figure-{escape(name)}"><img src="{escape(path)}" alt="{escape(caption)}" '
+            f'onerror="{escape(_ONERROR)}"><figcaption>{escape(caption)}</figcaption></figure>'
+        )
+    if skipped:
+        items = "".join(f"<li><code>{escape(n)}</code> skipped: {escape(r)}</li>" for n, r in skipped.items())
+        parts.append(f'<ul class="skipped">{items}</ul>')
+    return "\n".join(parts)
+
+
+def _files(files: list[str]) -> str:
+    links = "".join(f'<li><a href="{escape(f)}">{escape(f)}</a></li>' for f in files)
+    return f"<h2>Data</h2><ul>{links}</ul>"

@@ -1,0 +1,625 @@
+"""A study -> the list of trials it runs; loading and whole-study validation.
+
+Expansion is deterministic: axes in file order (the last axis varies fastest), then
+random samples, then seeds innermost. Every expanded trial is validated through
+`vaelab.config.trial_config`, so an impossible combination is reported (with the
+key paths that produced it) before anything starts. No ray import here: the runner
+converts `tune_search_space` into Tune's objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import yaml
+from pydantic import ValidationError
+
+from vaelab.config import COHORT_VARYING, TrialConfig, trial_config
+from vaelab.errors import SpecError, SpecErrors, format_value
+from vaelab.studies.schema import (
+    ANNEAL_KEYS,
+    LABEL_KEY,
+    PARAM_FIELDS,
+    VARIANT_AXIS,
+    WARMUP_KEYS,
+    AxisSpec,
+    SearchSpaceSpec,
+    SearchSpec,
+    Source,
+    Study,
+    StudySpec,
+    TrialParams,
+    bundle_label,
+    check_param,
+    check_report,
+    check_search_space,
+    check_study,
+    display_path,
+    field_message,
+    format_scalar,
+    key_join,
+    param_default,
+    read_yaml,
+    structure_errors,
+)
+
+PathLike = Union[str, Path]
+# Keys whose presence marks a file as a study rather than a search space.
+_STUDY_ONLY_KEYS = frozenset({"search_space", "budgets", "seeds", "search", "report", "resources", "default_budget"})
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial to run: a full, validated TrialConfig as a plain dict.
+
+    `trial_key` reads like `variant=VAE+BN,depth=3,seed=1` (the axes that vary, then
+    the seed); `trial_id` is a short hash of study name, key and config, stable across
+    runs, used as the MLflow tag `vaelab.trial_id`.
+    """
+
+    trial_key: str
+    trial_id: str
+    variant: str
+    config: dict[str, Any]
+    seed: int
+    budget: str = ""
+    axes: dict[str, str] = field(default_factory=dict)  # axis name -> value as in the key
+
+
+# ---------------------------------------------------------------------------------
+# Loading
+
+
+def load_study(
+    path: PathLike, budget: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None
+) -> Study:
+    """Load, check and expand-check a study for one budget (default_budget if None).
+
+    `overrides` are extra param values on top of the study's own (e.g. a CLI
+    `--set init_from=...`); they are recorded in the resolved study.
+    Raises SpecErrors listing every problem found.
+    """
+    study, errors = _load(Path(path), overrides)
+    if study is None or errors:
+        raise SpecErrors(errors)
+    name = _budget_name(study, budget)
+    study = study.with_budget(name)
+    _, errors = _expand_checked(study, name)
+    if errors:
+        raise SpecErrors(errors)
+    return study
+
+
+def load_search_space(path: PathLike) -> SearchSpaceSpec:
+    """Load and check a search-space file on its own (its grid expanded with defaults)."""
+    study, errors = _space_as_study(Path(path))
+    if study is None or errors:
+        raise SpecErrors(errors)
+    _, errors = _expand_checked(study, study.default_budget)
+    if errors:
+        raise SpecErrors(errors)
+    return study.search_space
+
+
+def validate_file(path: PathLike) -> list[str]:
+    """Every problem in a study (all budgets) or a search-space file, one line each;
+    [] when valid. Never raises for a bad spec (for `vaelab validate`)."""
+    path = Path(path)
+    try:
+        data, _ = read_yaml(path)
+    except SpecError as err:
+        return [str(err)]
+    is_study = isinstance(data, dict) and bool(_STUDY_ONLY_KEYS & set(data))
+    study, errors = _load(path) if is_study else _space_as_study(path)
+    if study is not None and not errors:
+        for name in study.budgets:
+            errors += _expand_checked(study.with_budget(name), name)[1]
+    return SpecErrors(errors).lines() if errors else []
+
+
+def _load(path: Path, overrides: Optional[Mapping[str, Any]] = None) -> tuple[Optional[Study], list[SpecError]]:
+    """Parse a study and its search space; all structural and static errors."""
+    try:
+        data, src = read_yaml(path)
+    except SpecError as err:
+        return None, [err]
+    if not isinstance(data, dict):
+        return None, [src.error("", type(data).__name__, "a study file is a YAML mapping of keys")]
+    if overrides:
+        data = {**data, "overrides": {**(data.get("overrides") or {}), **overrides}}
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as err:
+        errors = structure_errors(err, src, StudySpec)
+        space = _resolve_space(data.get("search_space"), path, src)
+        return None, errors + (space[2] if space else [])
+    resolved = _resolve_space(spec.search_space, path, src)
+    if resolved is None:
+        return None, [src.error("search_space", spec.search_space, "a path to a search-space file, or an inline mapping")]
+    space, space_src, errors = resolved
+    if space is None:
+        return None, errors
+    study = _build_study(spec, space, src, space_src)
+    if study is None:
+        return None, errors + [src.error("default_budget", None, f"several budgets: say which is the default ({', '.join(spec.budgets)})")]
+    study, more = check_study(study)
+    return study, errors + more
+
+
+def _build_study(spec: StudySpec, space: SearchSpaceSpec, src: Source, space_src: Source) -> Optional[Study]:
+    default = spec.default_budget or (next(iter(spec.budgets)) if len(spec.budgets) == 1 else None)
+    if default is None:
+        return None
+    values = {**dict(spec), "search_space": space, "default_budget": default}
+    study = Study.model_construct(**values)
+    study._source, study._space_source, study._budget = src, space_src, default
+    return study
+
+
+def _resolve_space(
+    ref: Any, study_path: Path, src: Source
+) -> Optional[tuple[Optional[SearchSpaceSpec], Source, list[SpecError]]]:
+    """Read the search space a study names (path relative to the study) or inlines."""
+    if isinstance(ref, dict):
+        space_src = Source(src.file, "search_space.", src.lines)
+        return (*_parse_space(ref, space_src),)  # type: ignore[return-value]
+    if not isinstance(ref, str):
+        return None
+    target = (study_path.parent / ref).resolve()
+    if not target.is_file():
+        return None, src, [src.error("search_space", ref, f"search-space file not found: {display_path(target)}")]
+    try:
+        data, space_src = read_yaml(target)
+    except SpecError as err:
+        return None, src, [err]
+    return (*_parse_space(data, space_src),)  # type: ignore[return-value]
+
+
+def _parse_space(data: Any, src: Source) -> tuple[Optional[SearchSpaceSpec], Source, list[SpecError]]:
+    if not isinstance(data, dict):
+        return None, src, [src.error("", type(data).__name__, "a search space is a YAML mapping of keys")]
+    try:
+        space = SearchSpaceSpec.model_validate(data)
+    except ValidationError as err:
+        return None, src, structure_errors(err, src, SearchSpaceSpec)
+    space, errors = check_search_space(space, src)
+    return space, src, errors
+
+
+def _space_as_study(path: Path) -> tuple[Optional[Study], list[SpecError]]:
+    """A search-space file alone, wrapped as a study with no budget, so that its grid
+    (with a few random samples for sampled axes) is expanded and every combo checked."""
+    try:
+        data, src = read_yaml(path)
+    except SpecError as err:
+        return None, [err]
+    space, src, errors = _parse_space(data, src)
+    if space is None or errors:
+        return None, errors
+    sampled = any(axis.is_sampled for axis in space.axes.values())
+    search = {"mode": "random", "num_samples": 8} if sampled else {"mode": "grid"}
+    name = re.sub(r"[^A-Za-z0-9_.\-]", "_", path.stem).lstrip("_.-") or "search_space"
+    spec = StudySpec.model_validate({"name": name, "search_space": {}, "budgets": {"default": {}}, "search": search})
+    study = _build_study(spec, space, src, src)
+    assert study is not None
+    return study, []
+
+
+# ---------------------------------------------------------------------------------
+# Expansion
+
+
+@dataclass(frozen=True)
+class _Pick:
+    """One axis's value in a trial: the params it sets and where each came from."""
+
+    axis: str
+    text: str  # as shown in the trial key
+    values: Mapping[str, Any]
+    paths: Mapping[str, str]  # param -> key path in the search space
+    label: Optional[str] = None  # bundled axes only
+
+
+@dataclass
+class _Layers:
+    """A trial's values as they are layered, with the key path that set each."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    origin: dict[str, tuple[Source, str]] = field(default_factory=dict)
+
+    def set(self, name: str, value: Any, src: Source, path: str) -> None:
+        self.values[name] = value
+        self.origin[name] = (src, path)
+
+    def get(self, name: str) -> Any:
+        return self.values[name] if name in self.values else param_default(name)
+
+
+def expand_trials(study: Study, budget: Optional[str] = None) -> list[TrialSpec]:
+    """All trials of a grid or random study for a budget, in a deterministic order.
+
+    grid: cartesian product of grid axes (bundled variants included), minus excludes,
+    crossed with seeds. random: `num_samples` points drawn from the sampled axes with
+    a numpy RNG seeded by `search.seed`, crossed with the grid axes and the seeds.
+    Raises SpecErrors if any trial is invalid or nothing is left.
+    """
+    if study.search.mode == "optuna":
+        raise SpecErrors([study.source.error("search.mode", "optuna", "optuna proposes trials while running: use tune_search_space() and trial_from_point()")])
+    trials, errors = _expand(study, _budget_name(study, budget))
+    if errors:
+        raise SpecErrors(errors)
+    return trials
+
+
+def _budget_name(study: Study, budget: Optional[str]) -> str:
+    name = budget or study.budget
+    if name not in study.budgets:
+        raise SpecErrors([study.source.error("budgets", name, f"unknown budget; budgets: {', '.join(study.budgets)}")])
+    return name
+
+
+def _expand_checked(study: Study, budget: str) -> tuple[list[TrialSpec], list[SpecError]]:
+    """Expand (optuna: a few sampled points), then the checks that need trials."""
+    if study.search.mode == "optuna":
+        trials, errors = _expand(study.model_copy(update={"search": study.search.model_copy(update={"mode": "random"})}), budget)
+    else:
+        trials, errors = _expand(study, budget)
+    if errors:
+        return trials, errors
+    errors += _check_scheduler(study, trials)
+    errors += check_report(study.report, [_trial_params(t) for t in trials], study.source)
+    return trials, errors
+
+
+def _expand(study: Study, budget: str) -> tuple[list[TrialSpec], list[SpecError]]:
+    trials: list[TrialSpec] = []
+    failures: dict[tuple[str, ...], list[Any]] = {}
+    seeds = study.seeds_for(budget)
+    candidates = 0
+    for picks, sample in _candidates(study, budget):
+        layers = _layered(study, picks)
+        if _excluded(study.search_space, layers, picks):
+            continue
+        candidates += 1
+        _apply_budget(study, budget, layers)
+        for seed in seeds:
+            trial = _make_trial(study, budget, picks, sample, seed, layers, failures)
+            if trial is not None:
+                trials.append(trial)
+    errors = _failure_errors(failures)
+    if candidates == 0:
+        exclude = study.search_space.exclude
+        errors.append(study.space_source.error("exclude", exclude, "every combination is excluded: no trial left"))
+    return trials, errors
+
+
+def _candidates(study: Study, budget: str) -> Iterator[tuple[list[_Pick], Optional[int]]]:
+    """Grid combinations in file order (last axis fastest), each with each sample."""
+    axes = study.active_axes()
+    grid = [_grid_picks(name, axis, study.space_source) for name, axis in axes.items() if not axis.is_sampled]
+    samples: list[list[_Pick]] = [[]]
+    if study.search.mode == "random":
+        samples = _sample_picks(axes, study.num_samples_for(budget) or 0, study.search.seed, study.space_source)
+    for combo in itertools.product(*grid):
+        for index, sample in enumerate(samples):
+            yield list(combo) + sample, (index if study.search.mode == "random" else None)
+
+
+def _grid_picks(name: str, axis: AxisSpec, src: Source) -> list[_Pick]:
+    path = key_join(key_join("axes", name), axis.kind)
+    picks = []
+    for index, item in enumerate(axis.values):
+        item_path = key_join(path, index)
+        if axis.is_bundle:
+            params = {k: v for k, v in item.items() if k != LABEL_KEY}
+            label = bundle_label(item)
+            paths = {k: key_join(item_path, k) for k in params}
+            picks.append(_Pick(name, label, params, paths, label))
+        else:
+            picks.append(_Pick(name, format_scalar(item), {name: item}, {name: item_path}))
+    return picks
+
+
+def _sample_picks(axes: Mapping[str, AxisSpec], count: int, seed: int, src: Source) -> list[list[_Pick]]:
+    """`count` points from the sampled axes; axes drawn in file order per point, so
+    the same seed gives the same points."""
+    rng = np.random.default_rng(seed)
+    sampled = [(name, axis) for name, axis in axes.items() if axis.is_sampled]
+    points = []
+    for _ in range(count):
+        point = []
+        for name, axis in sampled:
+            value = _draw(axis, rng)
+            point.append(_Pick(name, format_scalar(value), {name: value}, {name: key_join(key_join("axes", name), axis.kind)}))
+        points.append(point)
+    return points
+
+
+def _draw(axis: AxisSpec, rng: np.random.Generator) -> Any:
+    values = axis.values
+    if axis.kind == "choice":
+        return values[int(rng.integers(len(values)))]
+    lo, hi = values
+    if axis.kind == "randint":
+        return int(rng.integers(lo, hi))  # hi excluded, as ray.tune.randint
+    if axis.kind == "loguniform":
+        value = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    else:
+        value = float(rng.uniform(lo, hi))
+    return min(max(value, lo), hi)  # exp(log(x)) can step one ulp outside
+
+
+def _layered(study: Study, picks: Sequence[_Pick]) -> _Layers:
+    """fixed < axes < overrides < checkpoint_every (budget and seed come later)."""
+    layers = _Layers()
+    space_src, src = study.space_source, study.source
+    for name, value in study.search_space.fixed.items():
+        layers.set(name, value, space_src, key_join("fixed", name))
+    for pick in picks:
+        for name, value in pick.values.items():
+            layers.set(name, value, space_src, pick.paths[name])
+    for name, value in study.overrides.items():
+        layers.set(name, value, src, key_join("overrides", name))
+    if study.checkpoint_every is not None:
+        layers.set("checkpoint_every", study.checkpoint_every, src, "checkpoint_every")
+    return layers
+
+
+def _excluded(space: SearchSpaceSpec, layers: _Layers, picks: Sequence[_Pick]) -> bool:
+    labels = {p.axis: p.label for p in picks if p.label is not None}
+    return any(_matches(entry, layers, labels) for entry in space.exclude)
+
+
+def _matches(entry: Mapping[str, Any], layers: _Layers, labels: Mapping[str, str]) -> bool:
+    for key, wanted in entry.items():
+        if key == LABEL_KEY:
+            if wanted not in labels.values():
+                return False
+        elif key in labels:
+            if labels[key] != wanted:
+                return False
+        elif key not in PARAM_FIELDS or layers.get(key) != wanted:
+            return False
+    return True
+
+
+def _apply_budget(study: Study, budget: str, layers: _Layers) -> None:
+    """Budget values on top; schedules only where they are on (see schema docstring)."""
+    src, path = study.source, key_join("budgets", budget)
+    warmup_on = float(layers.get("warmup_epochs")) > 0
+    anneal_on = bool(layers.get("kl_anneal_hold_steps") or layers.get("kl_anneal_steps"))
+    for name, value in study.budget_params(budget).items():
+        if (name in WARMUP_KEYS and not warmup_on) or (name in ANNEAL_KEYS and not anneal_on):
+            continue
+        layers.set(name, value, src, key_join(path, name))
+    fraction = study.warmup_fraction_for(budget)
+    if fraction is not None and warmup_on:
+        epochs = int(layers.get("epochs"))
+        layers.set("warmup_epochs", round(fraction * epochs, 6), src, key_join(path, "warmup_fraction"))
+
+
+def _make_trial(
+    study: Study,
+    budget: str,
+    picks: Sequence[_Pick],
+    sample: Optional[int],
+    seed: int,
+    layers: _Layers,
+    failures: dict[tuple[str, ...], list[Any]],
+) -> Optional[TrialSpec]:
+    axes = {p.axis: p.text for p in picks if sample is None or not _is_sampled_pick(study, p)}
+    key_parts = [f"{k}={v}" for k, v in axes.items()]
+    if sample is not None:
+        key_parts.append(f"sample={sample}")
+    key = ",".join(key_parts + [f"seed={seed}"])
+    try:
+        config = trial_config({**layers.values, "seed": seed})
+    except ValidationError as err:
+        for error in err.errors():
+            failures.setdefault(_failure_key(error, layers), []).append(key)
+        return None
+    values = config.model_dump(mode="json")
+    return TrialSpec(key, trial_id(study.name, key, values), _variant(picks), values, seed, budget, axes)
+
+
+def _is_sampled_pick(study: Study, pick: _Pick) -> bool:
+    axis = study.search_space.axes.get(pick.axis)
+    return axis is not None and axis.is_sampled
+
+
+def _variant(picks: Sequence[_Pick]) -> str:
+    """The label of the axis named `variant`, else of every bundled axis ('/'-joined)."""
+    labelled = [p for p in picks if p.label is not None]
+    named = [p.label for p in labelled if p.axis == VARIANT_AXIS]
+    return named[0] if named else "/".join(p.label for p in labelled if p.label)
+
+
+def trial_id(study_name: str, trial_key: str, config: Mapping[str, Any]) -> str:
+    """12 hex digits of sha256 over study, key and config: same spec, same id."""
+    blob = json.dumps({"study": study_name, "key": trial_key, "config": config}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------
+# Invalid trials -> SpecErrors that point at the values responsible
+
+
+def _failure_key(error: Mapping[str, Any], layers: _Layers) -> tuple[str, ...]:
+    """(file, key path, value, message) of one pydantic error of one trial; trials
+    failing the same way share a key, so one message covers them all."""
+    loc = error["loc"]
+    if loc:
+        name = str(loc[0])
+        message = field_message(name, error)
+        names = [name]
+    else:
+        message = str(error["msg"]).removeprefix("Value error, ")
+        names = _named_params(message, layers)
+    explicit = [n for n in names if n in layers.origin]
+    if not explicit:
+        return ("", "(defaults)", format_value({n: layers.get(n) for n in names}), message, "")
+    src, _ = layers.origin[explicit[0]]
+    parts = []
+    for name in explicit:
+        other, path = layers.origin[name]
+        full = other.path(path)
+        parts.append(full if other.file == src.file else f"{full} ({other.file})")
+    value = layers.get(names[0]) if len(names) == 1 else {n: layers.get(n) for n in names}
+    first_path = src.path(layers.origin[explicit[0]][1])
+    return (src.file, " + ".join(parts), format_value(value), message, str(src.line(first_path) or ""))
+
+
+def _named_params(message: str, layers: _Layers) -> list[str]:
+    """Params a cross-field message talks about ('inference=... needs depth >= 2');
+    `kl_anneal_*` stands for every kl_anneal_ param."""
+    found = []
+    for name in PARAM_FIELDS:
+        match = re.search(rf"\b{re.escape(name)}\b", message)
+        if match:
+            found.append((match.start(), name))
+    for match in re.finditer(r"(\w+_)\*", message):
+        found += [(match.start(), n) for n in PARAM_FIELDS if n.startswith(match.group(1)) and n in layers.values]
+    return [name for _, name in sorted(set(found))]
+
+
+def _failure_errors(failures: Mapping[tuple[str, ...], list[Any]]) -> list[SpecError]:
+    errors = []
+    for (file, path, value, message, line), keys in failures.items():
+        more = f" and {len(keys) - 1} more" if len(keys) > 1 else ""
+        hint = " — add an `exclude:` entry or fix the values" if path != "(defaults)" else ""
+        errors.append(SpecError(file or "(defaults)", path, value, f"{message} (trial {keys[0]}{more}){hint}", int(line) if line else None))
+    return errors
+
+
+# ---------------------------------------------------------------------------------
+# Checks that need the trials
+
+
+def _trial_params(trial: TrialSpec) -> TrialParams:
+    return TrialParams(trial.variant, TrialConfig.model_validate(trial.config).to_params())
+
+
+def _check_scheduler(study: Study, trials: Sequence[TrialSpec]) -> list[SpecError]:
+    scheduler = study.search.scheduler
+    if scheduler is None or not trials:
+        return []
+    shortest = min(int(t.config["epochs"]) for t in trials)
+    if scheduler.grace_period > shortest:
+        return [study.source.error("search.scheduler.grace_period", scheduler.grace_period, f"longer than the shortest trial ({shortest} epochs in budget {trials[0].budget})")]
+    return []
+
+
+# ---------------------------------------------------------------------------------
+# Optuna / Tune hand-off, cohorts, hashing
+
+
+def tune_search_space(study: Study) -> dict[str, tuple[Any, ...]]:
+    """The sampled axes as plain data for the runner to turn into Tune objects:
+    ('uniform', lo, hi), ('loguniform', lo, hi), ('randint', lo, hi) (hi excluded),
+    ('choice', [values]), and for grid axes ('grid', [values or variant labels])."""
+    space: dict[str, tuple[Any, ...]] = {}
+    for name, axis in study.active_axes().items():
+        if axis.kind in ("uniform", "loguniform", "randint"):
+            space[name] = (axis.kind, axis.values[0], axis.values[1])
+        elif axis.is_bundle:
+            space[name] = ("grid", [bundle_label(item) for item in axis.values])
+        else:
+            space[name] = (axis.kind, list(axis.values))
+    return space
+
+
+def trial_from_point(study: Study, point: Mapping[str, Any], seed: Optional[int] = None, budget: Optional[str] = None) -> TrialSpec:
+    """The full trial for one point proposed by a searcher (optuna): axis -> value
+    (a bundled axis takes a label). Raises SpecErrors if the point is excluded or the
+    resulting config is invalid — the runner should end that trial as failed."""
+    budget = _budget_name(study, budget)
+    seed = study.seeds_for(budget)[0] if seed is None else seed
+    picks = [_point_pick(name, axis, point, study.space_source) for name, axis in study.active_axes().items()]
+    layers = _layered(study, picks)
+    if _excluded(study.search_space, layers, picks):
+        raise SpecErrors([study.space_source.error("exclude", dict(point), "the proposed point is excluded")])
+    _apply_budget(study, budget, layers)
+    failures: dict[tuple[str, ...], list[Any]] = {}
+    trial = _make_trial(study, budget, picks, None, seed, layers, failures)
+    if trial is None:
+        raise SpecErrors(_failure_errors(failures))
+    return trial
+
+
+def _point_pick(name: str, axis: AxisSpec, point: Mapping[str, Any], src: Source) -> _Pick:
+    if name not in point:
+        raise KeyError(f"point has no value for axis {name!r}")
+    value = point[name]
+    if axis.is_bundle:
+        picks = {p.label: p for p in _grid_picks(name, axis, src)}
+        if value not in picks:
+            raise KeyError(f"axis {name!r} has no variant labelled {value!r}")
+        return picks[value]
+    clean, message = check_param(name, value)
+    if message:
+        raise SpecErrors([src.error(key_join("axes", name), value, message)])
+    return _Pick(name, format_scalar(clean), {name: clean}, {name: key_join(key_join("axes", name), axis.kind)})
+
+
+def group_cohorts(trials: Sequence[TrialSpec], size: int) -> list[list[TrialSpec]]:
+    """Trials that differ only in config.COHORT_VARYING keys (seed, rho, warm-up, ...)
+    share an architecture and can train in one set of kernels; group them in file
+    order, at most `size` per cohort."""
+    if size < 1:
+        raise ValueError(f"cohort size must be >= 1, got {size}")
+    groups: dict[str, list[TrialSpec]] = defaultdict(list)
+    for trial in trials:
+        shared = {k: v for k, v in trial.config.items() if k not in COHORT_VARYING}
+        groups[json.dumps(shared, sort_keys=True, default=str)].append(trial)
+    return [members[i : i + size] for members in groups.values() for i in range(0, len(members), size)]
+
+
+def resolved_dict(study: Study) -> dict[str, Any]:
+    """The study as plain data with its search space inlined and only its budget kept:
+    enough to rebuild its trials and report from MLflow alone."""
+    budget = study.budget
+    return {
+        "name": study.name,
+        "description": study.description,
+        "search_space": study.search_space.to_dict(),
+        "overrides": _plain(study.overrides),
+        "budgets": {budget: _plain(study.budgets[budget])},
+        "default_budget": budget,
+        "seeds": list(study.seeds),
+        "search": study.search.model_dump(mode="json"),
+        "resources": study.resources.model_dump(mode="json"),
+        "cohort": study.cohort.model_dump(mode="json") if study.cohort else None,
+        "failure": study.failure.model_dump(mode="json"),
+        "checkpoint_every": study.checkpoint_every,
+        "report": study.report.model_dump(mode="json"),
+    }
+
+
+def resolved_yaml(study: Study) -> str:
+    """resolved_dict as YAML (artifact study.yaml of the parent MLflow run);
+    load_study on it gives the same trials and the same spec_hash."""
+    header = f"# resolved study {study.name!r}, budget {study.budget!r}, spec_hash {spec_hash(study)}\n"
+    return header + yaml.safe_dump(resolved_dict(study), sort_keys=False, allow_unicode=True, width=100)
+
+
+def spec_hash(study: Study) -> str:
+    """sha256 of the canonical resolved study (key order and file layout do not count)."""
+    blob = json.dumps(resolved_dict(study), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

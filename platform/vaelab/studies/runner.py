@@ -1,0 +1,1062 @@
+"""The Ray Tune runner: a study's trials on Ray Tune, each logging to its own MLflow run.
+
+This is the only vaelab module that imports ray (STYLE 6: Ray's API moved several times,
+so the next move touches one file). Ray is imported lazily, inside functions: a local Ray
+must see RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before its first import so that every node
+binds 127.0.0.1, while a driver joining a real cluster must not.
+
+One Tune trial trains one cohort (S >= 1 members of one architecture in one set of kernels,
+`Trainer`); each member has its own MLflow child run, created inside the trial and found
+again by `vaelab.trial_id` when Tune retries or restores the trial (tracking/write.py).
+
+    grid / random   tune.grid_search over the pre-expanded cohorts (one Tune trial each)
+    optuna          OptunaSearch (+ ConcurrencyLimiter, optional ASHA) over the study's
+                    search space; every trial is a cohort of one
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence
+
+import yaml
+
+from vaelab.errors import VaelabError
+from vaelab.tracking import write as tracking
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from vaelab.train import EpochReport, Trainer
+
+log = logging.getLogger(__name__)
+
+CTX_KEY = "vaelab"  # the Tune config key holding the study context
+COHORT_KEY = "cohort"  # grid/random: {"index": i, "members": [TrialSpec dicts]}
+PARAMS_KEY = "params"  # optuna: the sampled values
+BASE_KEY = "base"  # optuna: the member template the sampled values go into
+SIDECAR = "vaelab_study.json"  # in the Tune experiment directory: what `resume` needs
+CHECKPOINT_FILE = "checkpoint.pt"
+STATUS_METRIC = "vaelab_status"  # in Tune results: running | finished | diverged
+# Fault injection for tests only: the trial process exits hard after reporting a
+# checkpoint at epoch >= VAELAB_TEST_KILL_AT_EPOCH, once (the marker file records it).
+KILL_EPOCH_ENV = "VAELAB_TEST_KILL_AT_EPOCH"
+KILL_MARKER_ENV = "VAELAB_TEST_KILL_MARKER"
+# Environment variables a trial needs from the driver (never logged).
+FORWARDED_ENV = ("VAELAB_DATA_DIR", "VAELAB_TRACKING_RETRY_S", "MLFLOW_TRACKING_USERNAME",
+                 "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS",
+                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
+                 "MLFLOW_S3_ENDPOINT_URL", "GOOGLE_APPLICATION_CREDENTIALS")
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "az://", "hdfs://")
+
+
+class RunnerError(VaelabError):
+    """A study cannot be launched or resumed as asked (storage, names, cluster)."""
+
+
+# =========================================================================== the plan
+
+
+@dataclass(frozen=True)
+class Member:
+    """One trial member: a TrialSpec as plain data (travels inside the Tune config)."""
+
+    trial_key: str
+    trial_id: str
+    variant: str
+    config: dict[str, Any]
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class OptunaPlan:
+    metric: str
+    mode: str  # "max" | "min"
+    num_samples: int
+    max_concurrent: int
+    space: dict[str, tuple]  # param -> ("uniform", lo, hi) | ("loguniform", lo, hi) | ("choice", [...]) | ...
+    base: dict[str, Any]  # fixed values every sampled trial starts from
+    asha: Optional[dict[str, Any]] = None  # grace_period, reduction_factor, max_t
+    seed: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything the runner needs from a study, independent of the YAML schema."""
+
+    study: str
+    budget: str
+    spec_hash: str
+    study_yaml: str
+    cohorts: list[list[Member]]  # grid / random; empty for optuna
+    optuna: Optional[OptunaPlan]
+    resources: dict[str, float]  # {"cpu": c, "gpu": g}
+    max_failures: int = 2
+    metric: str = "test_ll_iw"  # "best so far" in the progress line
+    mode: str = "max"
+    source_dir: Optional[Path] = None  # where the study file lives (git SHA, relative paths)
+
+    @property
+    def n_trials(self) -> int:
+        return self.optuna.num_samples if self.optuna else len(self.cohorts)
+
+
+def plan_from_study(study: Any, budget: Optional[str] = None) -> LaunchPlan:
+    """Adapt a `vaelab.studies` Study (schema.py / expand.py) into a LaunchPlan."""
+    from vaelab.studies import expand
+
+    search = getattr(study, "search", None)
+    mode = str(_get(search, "mode", _get(search, "type", "grid")) or "grid")
+    budget_name = budget or _default_budget(study)
+    metric = _get(search, "metric", None) or "test_ll_iw"
+    direction = _get(search, "mode_", None) or _get(search, "direction", None) or _metric_mode(search)
+    resources = _resources(getattr(study, "resources", None))
+    cohorts: list[list[Member]] = []
+    optuna = None
+    if mode == "optuna":
+        optuna = OptunaPlan(
+            metric=metric,
+            mode=direction,
+            num_samples=int(_get(search, "num_samples", 8)),
+            max_concurrent=int(_get(search, "max_concurrent", 0) or max(1, _cpu_slots(resources))),
+            space=dict(expand.tune_search_space(study)),
+            base=_optuna_base(study, budget_name),
+            asha=_asha(search),
+            seed=_get(search, "seed", None),
+        )
+    else:
+        trials = expand.expand_trials(study, budget_name)
+        size = int(_get(study, "cohort_size", 1) or 1)
+        groups = expand.group_cohorts(trials, size) if size > 1 else [[t] for t in trials]
+        cohorts = [[_member(t) for t in group] for group in groups]
+    return LaunchPlan(
+        study=str(study.name),
+        budget=budget_name or "",
+        spec_hash=str(expand.spec_hash(study)),
+        study_yaml=str(expand.resolved_yaml(study)),
+        cohorts=cohorts,
+        optuna=optuna,
+        resources=resources,
+        max_failures=int(_get(study, "max_failures", _get(search, "max_failures", 2))),
+        metric=metric,
+        mode=direction,
+        source_dir=_source_dir(study),
+    )
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if obj is None:
+        return default
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _metric_mode(search: Any) -> str:
+    value = _get(search, "mode", None)
+    return value if value in ("max", "min") else "max"
+
+
+def _default_budget(study: Any) -> str:
+    return str(_get(study, "budget", None) or _get(study, "default_budget", None) or "")
+
+
+def _resources(spec: Any) -> dict[str, float]:
+    cpu = float(_get(spec, "cpu", 1) or 0)
+    gpu = float(_get(spec, "gpu", 0) or 0)
+    return {"cpu": cpu, "gpu": gpu}
+
+
+def _cpu_slots(resources: Mapping[str, float]) -> int:
+    return max(1, int((os.cpu_count() or 1) // max(resources.get("cpu", 1) or 1, 1)))
+
+
+def _asha(search: Any) -> Optional[dict[str, Any]]:
+    asha = _get(search, "asha", None) or _get(search, "early_stopping", None)
+    if not asha:
+        return None
+    if asha is True:
+        return {}
+    return {k: v for k, v in (asha.model_dump() if hasattr(asha, "model_dump") else dict(asha)).items()
+            if v is not None and k != "enabled"}
+
+
+def _optuna_base(study: Any, budget: Optional[str]) -> dict[str, Any]:
+    from vaelab.studies import expand
+
+    trials = expand.expand_trials(study, budget)
+    return dict(trials[0].config) if trials else {}
+
+
+def _member(spec: Any) -> Member:
+    return Member(
+        trial_key=str(spec.trial_key),
+        trial_id=str(spec.trial_id),
+        variant=str(spec.variant or ""),
+        config=dict(spec.config),
+        seed=int(getattr(spec, "seed", spec.config.get("seed", 0)) or 0),
+    )
+
+
+def _source_dir(study: Any) -> Optional[Path]:
+    path = _get(study, "path", None) or _get(study, "source", None)
+    return Path(path).resolve().parent if path else None
+
+
+# =========================================================================== paths
+
+
+def resolve_storage(storage: Optional[str]) -> str:
+    """`./ray_results` by default; local paths absolute, s3:// etc. unchanged."""
+    storage = storage or os.environ.get("VAELAB_STORAGE") or "ray_results"
+    if storage.startswith(REMOTE_SCHEMES):
+        return storage.rstrip("/")
+    if storage.startswith("file://"):
+        storage = storage[len("file://") :]
+    return str(Path(storage).expanduser().resolve())
+
+
+def is_remote_storage(storage: str) -> bool:
+    return storage.startswith(REMOTE_SCHEMES)
+
+
+def absolute_paths(config: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """data_dir and init_from made absolute: a trial runs in its own working directory."""
+    out = dict(config)
+    for key in ("data_dir", "init_from"):
+        value = out.get(key)
+        if isinstance(value, str) and value and "://" not in value:
+            out[key] = str((base / Path(value).expanduser()).resolve())
+    return out
+
+
+def _join(storage: str, name: str) -> str:
+    return f"{storage}/{name}" if is_remote_storage(storage) else str(Path(storage) / name)
+
+
+def _filesystem(path: str):
+    import pyarrow.fs
+
+    if is_remote_storage(path):
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), path
+
+
+def _exists(path: str) -> bool:
+    import pyarrow.fs
+
+    fs, inner = _filesystem(path)
+    return fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound
+
+
+def write_sidecar(experiment_path: str, meta: Mapping[str, Any]) -> None:
+    fs, inner = _filesystem(experiment_path)
+    fs.create_dir(inner, recursive=True)
+    with fs.open_output_stream(f"{inner}/{SIDECAR}") as out:
+        out.write(json.dumps(meta, indent=2, sort_keys=True).encode())
+
+
+def read_sidecar(experiment_path: str) -> dict[str, Any]:
+    fs, inner = _filesystem(experiment_path)
+    try:
+        with fs.open_input_stream(f"{inner}/{SIDECAR}") as src:
+            return json.loads(src.read().decode())
+    except (FileNotFoundError, OSError) as err:
+        raise RunnerError(
+            f"{experiment_path} holds no vaelab study ({SIDECAR} missing): check the name and --storage"
+        ) from err
+
+
+# =========================================================================== the trainable
+
+
+def cohort_trainable(config: dict[str, Any]) -> None:
+    """The Tune function trainable: train one cohort, log every member to its MLflow run.
+
+    `config[CTX_KEY]` carries the study context (parent run, tracking URI, fault
+    injection); the cohort comes from `config[COHORT_KEY]` (grid) or from
+    `config[BASE_KEY]` + `config[PARAMS_KEY]` (optuna).
+    """
+    from ray import tune
+
+    from vaelab.config import trial_config
+    from vaelab.train import Trainer
+
+    ctx = config[CTX_KEY]
+    cohort_id = tune.get_context().get_trial_id()
+    members = _cohort_members(config, cohort_id)
+    configs = [trial_config(m.config) for m in members]
+    trainer = Trainer(configs)
+    resumed_epoch = _restore(trainer, tune.get_checkpoint())
+    runs = _open_runs(ctx, members, configs, trainer, cohort_id, resumed_epoch)
+    every = int(ctx.get("checkpoint_every") or configs[0].checkpoint_every)
+    latest: dict[str, Any] = {}
+    try:
+        if trainer.epoch >= configs[0].epochs or all(s == "diverged" for s in trainer.status):
+            # Restored from the final checkpoint (the driver died before Tune recorded
+            # the end): nothing to train; make sure every run is closed with artifacts.
+            _close_runs(runs, trainer, members, configs)
+            return
+        for report in trainer.run():
+            _log_report(runs, report, configs)
+            if report.is_last:
+                _close_runs(runs, trainer, members, configs)
+            latest.update(report.metrics[0])
+            payload = _tune_metrics(latest, report, ctx.get("metric"))
+            due = report.is_last or report.epoch % every == 0
+            _report(tune, trainer, payload, checkpoint=due)
+            _maybe_inject_fault(ctx, report.epoch, due and not report.is_last)
+    except SystemExit:
+        # Tune stopped the trial (a scheduler such as ASHA, or the experiment ending).
+        _end_open_runs(runs, "stopped", "stopped by Ray Tune")
+        raise
+    except BaseException as err:
+        _end_open_runs(runs, "failed", f"{type(err).__name__}: {err}")
+        raise
+
+
+def _cohort_members(config: Mapping[str, Any], cohort_id: str) -> list[Member]:
+    if COHORT_KEY in config:
+        return [Member(**m) for m in config[COHORT_KEY]["members"]]
+    ctx = config[CTX_KEY]
+    values = {**config[BASE_KEY], **config[PARAMS_KEY]}
+    trial_id = f"{ctx['run_name']}-{cohort_id}"
+    return [Member(trial_key=trial_id, trial_id=trial_id, variant="", config=values,
+                   seed=int(values.get("seed", 0)))]
+
+
+def _restore(trainer: "Trainer", checkpoint: Any) -> int:
+    """Load the latest Tune checkpoint into the trainer; returns the epoch restored (0: none)."""
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as directory:
+        trainer.load(Path(directory) / CHECKPOINT_FILE)
+    return trainer.epoch
+
+
+def _open_runs(
+    ctx: Mapping[str, Any],
+    members: Sequence[Member],
+    configs: Sequence[Any],
+    trainer: "Trainer",
+    cohort_id: str,
+    resumed_epoch: int,
+) -> list[Optional[tracking.TrialRun]]:
+    """One MLflow run per member (found again on retry); None for a member already ended."""
+    info = _run_info(ctx)
+    node = _node()
+    runs: list[Optional[tracking.TrialRun]] = []
+    for member, cfg, status in zip(members, configs, trainer.status):
+        if status == "diverged":  # its run was closed when it diverged (before this checkpoint)
+            runs.append(None)
+            continue
+        run = tracking.TrialRun.open(
+            info,
+            member.trial_id,
+            run_name=member.trial_key,
+            params=cfg.to_params(),
+            tags={
+                tracking.TAG_VARIANT: member.variant,
+                tracking.TAG_TRIAL_KEY: member.trial_key,
+                tracking.TAG_COHORT: cohort_id,
+                tracking.TAG_RUN_NAME: ctx["run_name"],
+                "vaelab.resumed_from_epoch": resumed_epoch,
+            },
+            node=node,
+        )
+        runs.append(run)
+    return runs
+
+
+def _run_info(ctx: Mapping[str, Any]) -> tracking.StudyRunInfo:
+    uri = ctx.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise RunnerError("no tracking URI in the trial's config or environment (MLFLOW_TRACKING_URI)")
+    return tracking.StudyRunInfo(
+        tracking_uri=tracking.resolve_tracking_uri(uri),
+        experiment_id=ctx["experiment_id"],
+        parent_run_id=ctx["parent_run_id"],
+        study=ctx["study"],
+    )
+
+
+def _node() -> str:
+    import socket
+
+    import ray
+
+    try:
+        ip = ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - outside a Ray worker
+        ip = "127.0.0.1"
+    return f"{socket.gethostname()}/{ip}"
+
+
+def _log_report(
+    runs: list[Optional[tracking.TrialRun]], report: "EpochReport", configs: Sequence[Any]
+) -> None:
+    """One batch per member for this epoch; a member that just diverged is closed as such."""
+    for s, run in enumerate(runs):
+        if run is None:
+            continue
+        run.log_epoch(report.epoch, report.metrics[s])
+        if report.status[s] == "diverged":
+            run.log_text(_config_yaml(configs[s]), "config.yaml")
+            run.finish("diverged", {"vaelab.diverged_epoch": report.epoch})
+            runs[s] = None
+
+
+def _close_runs(
+    runs: list[Optional[tracking.TrialRun]], trainer: "Trainer", members: Sequence[Member],
+    configs: Sequence[Any],
+) -> None:
+    """Last epoch: export each member's artifacts and config.yaml, then mark it finished."""
+    for s, run in enumerate(runs):
+        if run is None:
+            continue
+        with tempfile.TemporaryDirectory(prefix="vaelab-artifacts-") as tmp:
+            trainer.export_artifacts(s, Path(tmp))
+            run.log_artifacts(Path(tmp))
+        run.log_text(_config_yaml(configs[s]), "config.yaml")
+        run.finish("finished")
+        runs[s] = None
+
+
+def _end_open_runs(runs: list[Optional[tracking.TrialRun]], status: str, reason: str) -> None:
+    for s, run in enumerate(runs):
+        if run is None:
+            continue
+        try:
+            run.finish(status, {"vaelab.error": reason[:4000]})
+        except Exception as err:  # noqa: BLE001 - the original error matters more
+            log.warning("could not mark run %s %s: %s", run.run_id, status, err)
+        runs[s] = None
+
+
+def _config_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def _tune_metrics(latest: Mapping[str, Any], report: "EpochReport", metric: Optional[str]) -> dict[str, Any]:
+    """Member 0's metrics (latest value of each, so evaluation metrics persist between
+    evaluations) plus a cohort summary. The searched metric is always present (NaN until
+    first evaluated): Tune rejects results that lack it."""
+    payload = {k: float(v) for k, v in latest.items() if isinstance(v, (int, float))}
+    if metric and metric not in payload:
+        payload[metric] = math.nan
+    diverged = sum(s == "diverged" for s in report.status)
+    payload["members"] = len(report.status)
+    payload["members_diverged"] = diverged
+    payload[STATUS_METRIC] = (
+        "diverged" if diverged == len(report.status) else "finished" if report.is_last else "running"
+    )
+    return payload
+
+
+def _report(tune: Any, trainer: "Trainer", payload: dict[str, Any], checkpoint: bool) -> None:
+    if not checkpoint:
+        tune.report(payload)
+        return
+    with tempfile.TemporaryDirectory(prefix="vaelab-ckpt-") as tmp:
+        trainer.save(Path(tmp) / CHECKPOINT_FILE)
+        tune.report(payload, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _maybe_inject_fault(ctx: Mapping[str, Any], epoch: int, checkpointed: bool) -> None:
+    fault = ctx.get("fault")
+    if not fault or not checkpointed or epoch < int(fault["kill_at_epoch"]):
+        return
+    try:
+        fd = os.open(fault["marker"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return  # killed once already
+    os.write(fd, f"killed at epoch {epoch} pid {os.getpid()}\n".encode())
+    os.close(fd)
+    os._exit(1)
+
+
+def _fault_from_env() -> Optional[dict[str, Any]]:
+    epoch, marker = os.environ.get(KILL_EPOCH_ENV), os.environ.get(KILL_MARKER_ENV)
+    if not epoch or not marker:
+        return None
+    return {"kill_at_epoch": int(epoch), "marker": str(Path(marker).resolve())}
+
+
+# =========================================================================== progress
+
+
+def _make_progress_callback(metric: str, mode: str, total: int, interval_s: float = 5.0):
+    """A tune.Callback printing one compact line: trials done/running/failed, best, ETA."""
+    from ray import tune
+
+    class Progress(tune.Callback):
+        def __init__(self) -> None:
+            self.metric, self.mode, self.total, self.interval_s = metric, mode, total, interval_s
+            self._reset()
+
+        def _reset(self) -> None:
+            self.start = time.monotonic()
+            self.last_print = 0.0
+            self.iters_at_start: dict[str, int] = {}
+            self.last_line = ""
+
+        def setup(self, **info: Any) -> None:
+            self._reset()
+
+        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            if time.monotonic() - self.last_print >= self.interval_s:
+                self._print(trials)
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._print(trials)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._print(trials)
+
+        def on_experiment_end(self, trials: list, **info: Any) -> None:
+            self._print(trials, force=True)
+
+        def _print(self, trials: list, force: bool = False) -> None:
+            self.last_print = time.monotonic()
+            line = progress_line(trials, self.metric, self.mode, self.total, self.start, self.iters_at_start)
+            if line != self.last_line or force:
+                print(line, file=sys.stderr, flush=True)
+                self.last_line = line
+
+    return Progress()
+
+
+def progress_line(
+    trials: Sequence[Any], metric: str, mode: str, total: int, start: float, iters_at_start: dict[str, int]
+) -> str:
+    """`[vaelab 0:01:23] 3/8 done · 2 running · 0 failed · 1 diverged · best test_ll_iw -85.31 · ETA 0:02:10`."""
+    done = running = failed = diverged = 0
+    iters_done = iters_left = 0
+    best: Optional[float] = None
+    for trial in trials:
+        result = trial.last_result or {}
+        status = trial.status
+        it = int(result.get("training_iteration", 0) or 0)
+        iters_at_start.setdefault(trial.trial_id, it)
+        epochs = _trial_epochs(trial.config)
+        if status == "TERMINATED":
+            done += 1
+            diverged += result.get(STATUS_METRIC) == "diverged"
+        elif status == "ERROR":
+            failed += 1
+        else:
+            running += status == "RUNNING"
+            iters_left += max(epochs - it, 0)
+        iters_done += it - iters_at_start[trial.trial_id]
+        value = result.get(metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            better = best is None or (value > best if mode == "max" else value < best)
+            best = value if better else best
+    pending = max(total - len(trials), 0)
+    if pending and trials:
+        iters_left += pending * _trial_epochs(trials[0].config)
+    elapsed = time.monotonic() - start
+    eta = _clock(elapsed / iters_done * iters_left) if iters_done > 0 and iters_left else "?" if iters_left else "0:00:00"
+    parts = [f"{done}/{total} done", f"{running} running", f"{failed} failed"]
+    if diverged:
+        parts.append(f"{diverged} diverged")
+    parts.append(f"best {metric} {best:.4g}" if best is not None else f"best {metric} -")
+    parts.append(f"ETA {eta}")
+    return f"[vaelab {_clock(elapsed)}] " + " · ".join(parts)
+
+
+def _trial_epochs(config: Mapping[str, Any]) -> int:
+    if COHORT_KEY in config:
+        return int(config[COHORT_KEY]["members"][0]["config"].get("epochs", 1))
+    params = {**config.get(BASE_KEY, {}), **config.get(PARAMS_KEY, {})}
+    return int(params.get("epochs", 1)) if not isinstance(params.get("epochs"), dict) else 1
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# =========================================================================== Ray
+
+
+def connect_ray(
+    address: Optional[str], tracking_uri: str, *, num_cpus: Optional[int] = None,
+    num_gpus: Optional[int] = None,
+) -> bool:
+    """Start a local Ray in-process (address None/"local") or join a cluster.
+
+    Returns whether this call started Ray (then the caller shuts it down). The tracking URI
+    reaches every worker as MLFLOW_TRACKING_URI through the job's runtime_env.
+    """
+    local = address in (None, "", "local")
+    if local:
+        # Loopback only: set before ray is imported for the first time in this process.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env_vars = {"MLFLOW_TRACKING_URI": tracking_uri}
+    env_vars.update({k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)})
+    kwargs: dict[str, Any] = dict(
+        include_dashboard=False,
+        runtime_env={"env_vars": env_vars},
+        log_to_driver=os.environ.get("VAELAB_RAY_LOG_TO_DRIVER", "0") == "1",
+        configure_logging=True,
+        logging_level=logging.WARNING,
+    )
+    if local:
+        kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count() or 1)
+        if num_gpus is not None:
+            kwargs["num_gpus"] = num_gpus
+    else:
+        kwargs["address"] = address
+    ray.init(**kwargs)
+    return True
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+def alive_nodes() -> int:
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def check_cluster_storage(
+    address: Optional[str], storage: str, tracking_uri: str, shared_storage: bool
+) -> None:
+    """On a multi-node cluster, trials on other machines must reach storage and tracking."""
+    if address in (None, "", "local") or shared_storage:
+        return
+    remote_client = str(address).startswith("ray://")
+    nodes = alive_nodes()
+    if not (remote_client or nodes > 1):
+        return
+    where = "through Ray Client" if remote_client else f"on a {nodes}-node cluster"
+    if not is_remote_storage(storage):
+        raise RunnerError(
+            f"storage {storage} is a local path, but trials run {where}: checkpoints written "
+            "on other machines would be lost and `vaelab resume` could not find them. Pass "
+            "--storage s3://BUCKET/PATH (or gs://...), or a path on a filesystem every node "
+            "mounts (NFS) together with --shared-storage"
+        )
+    if tracking.sqlite_path(tracking_uri) is not None:
+        raise RunnerError(
+            f"tracking URI {tracking.redact_uri(tracking_uri)} is a SQLite file, but trials run "
+            f"{where}: run an MLflow server (`mlflow server --host 127.0.0.1 ...` behind your "
+            "network's access control) and pass --tracking-uri http://HOST:PORT, or pass "
+            "--shared-storage if the file is on a filesystem every node mounts"
+        )
+
+
+def _trainable(resources: Mapping[str, float]):
+    from ray import tune
+
+    return tune.with_resources(
+        cohort_trainable, {k: v for k, v in resources.items() if v}
+    )
+
+
+def _search_space(spec: Mapping[str, tuple]) -> dict[str, Any]:
+    """The study's search space (('uniform', lo, hi), ...) as Tune domains."""
+    from ray import tune
+
+    makers: dict[str, Callable[..., Any]] = {
+        "uniform": tune.uniform,
+        "loguniform": tune.loguniform,
+        "randint": lambda lo, hi: tune.randint(lo, hi + 1),  # YAML bounds are inclusive
+        "choice": lambda values: tune.choice(list(values)),
+        "grid": lambda values: tune.choice(list(values)),
+    }
+    space = {}
+    for name, item in spec.items():
+        kind, *args = item
+        if kind not in makers:
+            raise RunnerError(f"search space: {name}: {kind!r} is not supported by optuna search")
+        space[name] = makers[kind](*args)
+    return space
+
+
+def _param_space(plan: LaunchPlan, ctx: Mapping[str, Any]) -> dict[str, Any]:
+    from ray import tune
+
+    if plan.optuna:
+        return {CTX_KEY: dict(ctx), BASE_KEY: plan.optuna.base, PARAMS_KEY: _search_space(plan.optuna.space)}
+    cohorts = [
+        {"index": i, "members": [dataclasses.asdict(m) for m in members]}
+        for i, members in enumerate(plan.cohorts)
+    ]
+    return {CTX_KEY: dict(ctx), COHORT_KEY: tune.grid_search(cohorts)}
+
+
+def _tune_config(plan: LaunchPlan):
+    from ray import tune
+
+    if not plan.optuna:
+        return tune.TuneConfig(num_samples=1, trial_dirname_creator=trial_dirname, max_concurrent_trials=None)
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    opt = plan.optuna
+    searcher = ConcurrencyLimiter(OptunaSearch(seed=opt.seed), max_concurrent=max(1, opt.max_concurrent))
+    scheduler = None
+    if opt.asha is not None:
+        from ray.tune.schedulers import ASHAScheduler
+
+        epochs = int(opt.base.get("epochs", 1))
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=int(opt.asha.get("max_t", epochs)),
+            grace_period=int(opt.asha.get("grace_period", max(1, epochs // 8))),
+            reduction_factor=float(opt.asha.get("reduction_factor", 3)),
+        )
+    return tune.TuneConfig(
+        metric=opt.metric,
+        mode=opt.mode,
+        search_alg=searcher,
+        scheduler=scheduler,
+        num_samples=opt.num_samples,
+        trial_dirname_creator=trial_dirname,
+    )
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial directory names (Tune's default embeds the whole cohort config)."""
+    cohort = trial.config.get(COHORT_KEY)
+    prefix = f"cohort_{cohort['index']:04d}" if cohort else "trial"
+    return f"{prefix}-{trial.trial_id}"  # Tune trial ids hold no '-'; _tune_statuses parses it back
+
+
+def _run_config(name: str, storage: str, plan: LaunchPlan, progress: bool):
+    from ray import tune
+
+    callbacks = [_make_progress_callback(plan.metric, plan.mode, plan.n_trials)] if progress else []
+    return tune.RunConfig(
+        name=name,
+        storage_path=storage,
+        failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        verbose=0,
+        callbacks=callbacks,
+    )
+
+
+# =========================================================================== results
+
+
+@dataclass
+class StudyResult:
+    """The outcome of `run_study` / `resume_study`."""
+
+    name: str
+    study: str
+    parent_run_id: str
+    experiment_path: str
+    tracking_uri: str  # redacted
+    trials: list[dict[str, Any]]  # one row per MLflow trial run
+    counts: dict[str, int]
+    tune_errors: list[str] = field(default_factory=list)
+    report_dir: Optional[Path] = None
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and not self.tune_errors and not self.counts.get("failed")
+
+
+def _conclude(
+    results: Any, info: tracking.StudyRunInfo, name: str, experiment_path: str, plan_metric: str,
+    *, build_report: bool, report_dir: Optional[Path], interrupted: bool, echo: Callable[[str], None],
+) -> StudyResult:
+    if not interrupted:  # interrupted trials are paused, to be resumed: leave them running
+        tracking.mark_stale_trials(info, _tune_statuses(results))
+    rows = tracking.list_trial_runs(info)
+    counts = _count(rows)
+    errors = [f"{getattr(r, 'path', '?')}: {type(r.error).__name__}: {r.error}"
+              for r in results if getattr(r, "error", None) is not None]
+    expected_done = not interrupted and not errors
+    status = "finished" if expected_done else ("interrupted" if interrupted else "failed")
+    tracking.finish_study_run(
+        info, status, {f"vaelab.trials_{k}": str(v) for k, v in counts.items()}
+    )
+    echo(summary_table(rows, plan_metric))
+    out = None
+    if build_report and rows:
+        out = _build_report(info, report_dir, echo)
+    return StudyResult(
+        name=name, study=info.study, parent_run_id=info.parent_run_id,
+        experiment_path=experiment_path, tracking_uri=tracking.redact_uri(info.tracking_uri),
+        trials=rows, counts=counts, tune_errors=errors, report_dir=out, interrupted=interrupted,
+    )
+
+
+def _tune_statuses(results: Any) -> dict[str, str]:
+    """Tune trial id -> the vaelab status its still-running MLflow runs should get."""
+    out = {}
+    for result in results:
+        trial_id = (result.metrics or {}).get("trial_id") or _trial_id_from_path(result)
+        if not trial_id:
+            continue
+        out[trial_id] = "failed" if result.error is not None else "stopped"
+    return out
+
+
+def _trial_id_from_path(result: Any) -> Optional[str]:
+    tail = str(getattr(result, "path", "") or "").rstrip("/").rsplit("/", 1)[-1]
+    return tail.rsplit("-", 1)[-1] if "-" in tail else None
+
+
+def _count(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    counts = {s: 0 for s in tracking.STATUSES}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    counts["total"] = sum(v for k, v in counts.items() if k != "total")
+    return counts
+
+
+def summary_table(rows: Sequence[Mapping[str, Any]], metric: str, max_params: int = 6) -> str:
+    """A plain-text table: trial, variant, the params that vary, final metrics, status."""
+    if not rows:
+        return "no trial runs recorded"
+    varying = [k for k in sorted({k for r in rows for k in r["params"]})
+               if len({r["params"].get(k) for r in rows}) > 1 and k != "seed"][:max_params]
+    metrics = [m for m in (metric, "test_elbo", "test_ll_iw", "active_units") if m]
+    metrics = list(dict.fromkeys(metrics))
+    header = ["trial", "variant", *varying, "seed", *metrics, "epochs", "status"]
+    table = [header]
+    for r in sorted(rows, key=lambda r: r["trial_key"]):
+        cells = [r["trial_key"], r["variant"] or "-", *(r["params"].get(k, "") for k in varying),
+                 r["params"].get("seed", "")]
+        cells += [_fmt(r["metrics"].get(m)) for m in metrics]
+        cells += [str(int(r["metrics"].get("epoch", 0) or 0)), r["status"]]
+        table.append([str(c) for c in cells])
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _build_report(info: tracking.StudyRunInfo, out_dir: Optional[Path], echo: Callable[[str], None]) -> Optional[Path]:
+    try:
+        from vaelab.report.build import build_report
+    except ImportError:
+        echo("report: vaelab.report.build is not available; skipped")
+        return None
+    out = Path(out_dir or Path("reports") / info.study).resolve()
+    try:
+        build_report(info.study, info.tracking_uri, out)
+    except Exception as err:  # noqa: BLE001 - the study itself succeeded; say why the report did not
+        echo(f"report: failed ({type(err).__name__}: {err}); rerun with `vaelab report {info.study}`")
+        return None
+    echo(f"report: {out}")
+    return out
+
+
+# =========================================================================== entry points
+
+
+def run_study(
+    study: Any,
+    budget: Optional[str] = None,
+    address: Optional[str] = None,
+    storage: Optional[str] = None,
+    tracking_uri: Optional[str] = None,
+    name: Optional[str] = None,
+    *,
+    shared_storage: bool = False,
+    progress: bool = True,
+    report: bool = True,
+    report_dir: Optional[Path] = None,
+    echo: Callable[[str], None] = print,
+) -> StudyResult:
+    """Run every trial of `study` (a Study from vaelab.studies, or a LaunchPlan) on Ray Tune."""
+    plan = study if isinstance(study, LaunchPlan) else plan_from_study(study, budget)
+    if plan.n_trials == 0:
+        raise RunnerError(f"study {plan.study!r} has no trials to run")
+    uri = tracking.check_reachable(tracking_uri or tracking.resolve_tracking_uri(None))
+    storage_uri = resolve_storage(storage)
+    run_name = name or default_run_name(plan)
+    experiment_path = _join(storage_uri, run_name)
+    if _exists(experiment_path):
+        raise RunnerError(
+            f"{experiment_path} already exists: continue it with `vaelab resume {run_name}` "
+            "or choose another --name"
+        )
+    plan = _with_absolute_paths(plan, plan.source_dir or Path.cwd())
+    started = connect_ray(address, uri)
+    try:
+        check_cluster_storage(address, storage_uri, uri, shared_storage)
+        info = tracking.start_study_run(
+            uri, plan.study, run_name, spec_hash=plan.spec_hash, budget=plan.budget,
+            study_yaml=plan.study_yaml, repo_dir=plan.source_dir,
+            tags={"vaelab.storage": tracking.redact_uri(experiment_path),
+                  "vaelab.search": "optuna" if plan.optuna else "grid",
+                  "vaelab.trials_planned": str(plan.n_trials)},
+        )
+        ctx = _context(plan, info, run_name, uri)
+        write_sidecar(experiment_path, _sidecar(plan, info, run_name, uri))
+        echo(f"study {plan.study} · budget {plan.budget or '-'} · {plan.n_trials} trials · "
+             f"run {run_name} · storage {experiment_path} · tracking {tracking.redact_uri(uri)}")
+        from ray import tune
+
+        tuner = tune.Tuner(
+            _trainable(plan.resources),
+            param_space=_param_space(plan, ctx),
+            tune_config=_tune_config(plan),
+            run_config=_run_config(run_name, storage_uri, plan, progress),
+        )
+        results, interrupted = _fit(tuner)
+        result = _conclude(results, info, run_name, experiment_path, plan.metric, build_report=report,
+                           report_dir=report_dir, interrupted=interrupted, echo=echo)
+        if interrupted:
+            echo(f"interrupted: continue with `vaelab resume {run_name}`")
+        return result
+    finally:
+        if started:
+            shutdown_ray()
+
+
+def resume_study(
+    name: str,
+    storage: Optional[str] = None,
+    tracking_uri: Optional[str] = None,
+    *,
+    address: Optional[str] = None,
+    shared_storage: bool = False,
+    progress: bool = True,
+    report: bool = True,
+    report_dir: Optional[Path] = None,
+    echo: Callable[[str], None] = print,
+) -> StudyResult:
+    """Continue an interrupted study: unfinished and errored trials resume from their last
+    checkpoint; finished trials are not rerun (Tuner.restore)."""
+    storage_uri = resolve_storage(storage)
+    experiment_path = _join(storage_uri, name)
+    meta = read_sidecar(experiment_path)
+    uri = _resume_tracking_uri(meta, tracking_uri)
+    uri = tracking.check_reachable(uri)
+    started = connect_ray(address, uri)
+    try:
+        check_cluster_storage(address, storage_uri, uri, shared_storage)
+        from ray import tune
+
+        if not tune.Tuner.can_restore(experiment_path):
+            raise RunnerError(f"{experiment_path} has no Ray Tune experiment state to resume")
+        info = tracking.StudyRunInfo(uri, meta["experiment_id"], meta["parent_run_id"], meta["study"])
+        tracking.reopen_study_run(info)
+        echo(f"resuming {name} (study {meta['study']}) from {experiment_path}")
+        tuner = tune.Tuner.restore(
+            experiment_path, trainable=_trainable(meta["resources"]), resume_errored=True
+        )
+        results, interrupted = _fit(tuner)
+        return _conclude(results, info, name, experiment_path, meta.get("metric", "test_ll_iw"),
+                         build_report=report, report_dir=report_dir, interrupted=interrupted, echo=echo)
+    finally:
+        if started:
+            shutdown_ray()
+
+
+def _fit(tuner: Any) -> tuple[Any, bool]:
+    """Tuner.fit(). Tune turns SIGINT (Ctrl-C) and SIGUSR1 into a saved, resumable stop;
+    SIGTERM is routed to the same path. Interrupted = some trial neither ended nor errored."""
+    # Ray's own console output is replaced by the progress callback's one line.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
+    try:
+        results = tuner.fit()
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+    interrupted = results.num_terminated + results.num_errors < len(results)
+    return results, interrupted
+
+
+def default_run_name(plan: LaunchPlan) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    budget = f"-{plan.budget}" if plan.budget else ""
+    return f"{plan.study}{budget}-{stamp}"
+
+
+def _with_absolute_paths(plan: LaunchPlan, base: Path) -> LaunchPlan:
+    cohorts = [[dataclasses.replace(m, config=absolute_paths(m.config, base)) for m in c] for c in plan.cohorts]
+    optuna = plan.optuna
+    if optuna is not None:
+        optuna = dataclasses.replace(optuna, base=absolute_paths(optuna.base, base))
+    return dataclasses.replace(plan, cohorts=cohorts, optuna=optuna)
+
+
+def _context(plan: LaunchPlan, info: tracking.StudyRunInfo, run_name: str, uri: str) -> dict[str, Any]:
+    return {
+        "study": plan.study,
+        "run_name": run_name,
+        "experiment_id": info.experiment_id,
+        "parent_run_id": info.parent_run_id,
+        # A URI carrying credentials reaches trials only through their environment.
+        "tracking_uri": None if tracking.has_credentials(uri) else uri,
+        "metric": plan.optuna.metric if plan.optuna else None,
+        "fault": _fault_from_env(),
+    }
+
+
+def _sidecar(plan: LaunchPlan, info: tracking.StudyRunInfo, run_name: str, uri: str) -> dict[str, Any]:
+    return {
+        "format": 1,
+        "study": plan.study,
+        "budget": plan.budget,
+        "run_name": run_name,
+        "spec_hash": plan.spec_hash,
+        "experiment_id": info.experiment_id,
+        "parent_run_id": info.parent_run_id,
+        "tracking_uri": None if tracking.has_credentials(uri) else uri,
+        "tracking_uri_redacted": tracking.redact_uri(uri),
+        "resources": plan.resources,
+        "metric": plan.metric,
+        "mode": plan.mode,
+        "n_trials": plan.n_trials,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _resume_tracking_uri(meta: Mapping[str, Any], given: Optional[str]) -> str:
+    recorded = meta.get("tracking_uri")
+    if given:
+        resolved = tracking.resolve_tracking_uri(given)
+        if recorded and resolved != recorded:
+            raise RunnerError(
+                f"study run {meta.get('run_name')} was tracked at {tracking.redact_uri(recorded)}; "
+                f"resume it against the same store (got {tracking.redact_uri(resolved)})"
+            )
+        return resolved
+    if recorded:
+        return recorded
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if not env:
+        raise RunnerError(
+            f"study run {meta.get('run_name')} was tracked at {meta.get('tracking_uri_redacted')} "
+            "(credentials not stored): pass --tracking-uri or set MLFLOW_TRACKING_URI"
+        )
+    return tracking.resolve_tracking_uri(env)
