@@ -203,6 +203,27 @@ def make_study(root: Path) -> StudyFixture:
     return fixture
 
 
+def make_minimal_study(root: Path, study: str = "one-depth", tracking_uri: str | None = None) -> StudyFixture:
+    """Two seeds of one model, no artifacts: most figures must be skipped with a reason.
+
+    `tracking_uri`: an existing store to add the experiment to (a new SQLite store takes
+    seconds to migrate).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri or f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment(study, artifact_location=(root / "artifacts").as_uri())
+    report = {"figures": ["ll_vs_depth", "unit_kl_heatmaps", "kl_vs_rho", "active_units"]}
+    parent = _parent_run(client, experiment_id, root, T0, report=report, study=study)
+    plans = [TrialPlan("a1", "VAE", 2, 0), TrialPlan("a2", "VAE", 2, 1)]
+    fixture = StudyFixture(root, uri, study, parent, plans)
+    for k, plan in enumerate(plans):
+        run_id = _trial_run(client, experiment_id, parent, plan, root, T0 + 100 + 1000 * k, artifacts=False, study=study)
+        fixture.run_ids[plan.trial_id] = run_id
+        fixture.finals[plan.trial_id] = logged_finals(plan)
+    return fixture
+
+
 def logged_finals(plan: TrialPlan) -> dict[str, float]:
     """The last value of every metric the trial logged."""
     finals: dict[str, float] = {}
@@ -223,9 +244,11 @@ def _logged_epoch(plan: TrialPlan, epoch: int) -> dict[str, float]:
     return metrics
 
 
-def _parent_run(client: MlflowClient, experiment_id: str, root: Path, start: int, report: dict) -> str:
+def _parent_run(
+    client: MlflowClient, experiment_id: str, root: Path, start: int, report: dict, study: str = STUDY
+) -> str:
     tags = {
-        "vaelab.study": STUDY,
+        "vaelab.study": study,
         "vaelab.role": "study",
         "vaelab.git_sha": "0123abcd",
         "vaelab.spec_hash": "feedbeef",
@@ -234,7 +257,7 @@ def _parent_run(client: MlflowClient, experiment_id: str, root: Path, start: int
         "vaelab.status": "finished",
     }
     run = client.create_run(experiment_id, start_time=start, tags=tags, run_name=f"study-{start}")
-    study_yaml = {"name": STUDY, "search_space": "icml.yaml", "seeds": [0, 1], "report": report}
+    study_yaml = {"name": study, "search_space": "icml.yaml", "seeds": [0, 1], "report": report}
     path = root / f"study-{start}" / "study.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(study_yaml, sort_keys=False), encoding="utf-8")
@@ -243,13 +266,20 @@ def _parent_run(client: MlflowClient, experiment_id: str, root: Path, start: int
 
 
 def _trial_run(
-    client: MlflowClient, experiment_id: str, parent: str, plan: TrialPlan, root: Path, start: int
+    client: MlflowClient,
+    experiment_id: str,
+    parent: str,
+    plan: TrialPlan,
+    root: Path,
+    start: int,
+    artifacts: bool = True,
+    study: str = STUDY,
 ) -> str:
     config = plan.config()
     tags = {
         "mlflow.parentRunId": parent,
         "vaelab.role": "trial",
-        "vaelab.study": STUDY,
+        "vaelab.study": study,
         "vaelab.trial_id": plan.trial_id,
         "vaelab.variant": plan.variant,
         "vaelab.status": "running",
@@ -262,7 +292,7 @@ def _trial_run(
     client.log_batch(run_id, params=params)
     for epoch in _epochs(plan):
         _log_epoch(client, run_id, plan, epoch, start)
-    if plan.status != "failed":
+    if artifacts and plan.status != "failed":
         _log_artifacts(client, run_id, plan, config, root / "artifacts-src" / run_id)
     client.set_tag(run_id, "vaelab.status", plan.status)
     client.set_terminated(run_id, "FAILED" if plan.status == "failed" else "FINISHED", end_time=start + 900)

@@ -310,7 +310,9 @@ def test_checkpoint_round_trip_continues_identically(tmp_path):
 
 
 def test_cohort_members_equal_solo_runs():
-    configs = [tiny_config(seed=1, rho=0.8), tiny_config(seed=2, warmup_epochs=1)]
+    common = dict(batch_norm=True, inference="lvae")  # BN statistics must stay per member
+    configs = [tiny_config(seed=1, rho=0.8, **common), tiny_config(seed=2, warmup_epochs=1, **common),
+               tiny_config(seed=3, free_bits=0.5, **common)]
     cohort = list(Trainer(configs, tiny_dataset()).run())[-1]
     for s, cfg in enumerate(configs):
         solo = list(Trainer([cfg], tiny_dataset()).run())[-1]

@@ -93,21 +93,28 @@ class MemberBatchNorm(nn.Module):
         self._accumulator = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training or self._accumulator is not None:
-            mean = x.mean(dim=1, keepdim=True)  # (S, 1, F)
-            var = x.var(dim=1, keepdim=True, unbiased=False)
-            if self._accumulator is not None:
-                self._accumulate(x.detach())
-            elif self.training:
-                with torch.no_grad():
-                    n = x.shape[1]
-                    self.running_mean.lerp_(mean.detach(), self.momentum)
-                    self.running_var.lerp_(var.detach() * n / max(n - 1, 1), self.momentum)
-        elif self.eval_stats == "running":
-            mean, var = self.running_mean, self.running_var
-        else:
-            mean, var = self.population_mean, self.population_var
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+        if self._accumulator is not None:  # population pass: batch statistics, no updates
+            self._accumulate(x.detach())
+            return self._native(x, None, None, training=True)
+        if self.training:
+            return self._native(x, self.running_mean, self.running_var, training=True)
+        if self.eval_stats == "running":
+            return self._native(x, self.running_mean, self.running_var, training=False)
+        return self._native(x, self.population_mean, self.population_var, training=False)
+
+    def _native(self, x: Tensor, mean: Optional[Tensor], var: Optional[Tensor], training: bool
+                ) -> Tensor:
+        """torch's fused batch norm on (N, S*F): member s's features are channels s*F..s*F+F-1,
+        so statistics stay per member; running stats (S, 1, F) are updated in place."""
+        members, rows, features = x.shape
+        flat = x.transpose(0, 1).reshape(rows, members * features) if members > 1 else x[0]
+        out = F.batch_norm(flat, None if mean is None else mean.view(-1),
+                           None if var is None else var.view(-1), self.weight.view(-1),
+                           self.bias.view(-1), training=training, momentum=self.momentum,
+                           eps=self.eps)
+        if members > 1:
+            return out.view(rows, members, features).transpose(0, 1)
+        return out.unsqueeze(0)
 
     def _accumulate(self, x: Tensor) -> None:
         count, total, total_sq = self._accumulator

@@ -381,13 +381,14 @@ def prior_samples(data: FigureData) -> Figure:
     return fig
 
 
-def _tile(images: np.ndarray, shape: tuple[int, int], per_side: int = 4) -> np.ndarray:
-    """(m, H*W) images -> one (per_side*H, per_side*W) grid; missing tiles are blank."""
+def _tile(images: np.ndarray, shape: tuple[int, int], per_side: int = 4, gap: int = 1) -> np.ndarray:
+    """(m, H*W) images -> one grid of per_side x per_side tiles with white gaps."""
     h, w = shape
-    grid = np.ones((per_side * h, per_side * w))
+    grid = np.ones((per_side * (h + gap) - gap, per_side * (w + gap) - gap))
     for k, image in enumerate(images[: per_side * per_side]):
         row, col = divmod(k, per_side)
-        grid[row * h : (row + 1) * h, col * w : (col + 1) * w] = image.reshape(h, w)
+        top, left = row * (h + gap), col * (w + gap)
+        grid[top : top + h, left : left + w] = image.reshape(h, w)
     return np.clip(grid, 0.0, 1.0)
 
 

@@ -1,7 +1,7 @@
 """index.html: one self-contained page (inline CSS, figures by relative path) that opens from disk.
 
-No external resources, no timestamps. A two-line script marks every figure that loaded
-(`data-loaded="1"`) and replaces one that did not with a visible "missing figure" note.
+No external resources, no timestamps. A small script marks every figure that loaded
+(`data-loaded="1"`) and puts a visible "figure not found" note under one that did not.
 """
 
 from __future__ import annotations
@@ -34,10 +34,18 @@ figcaption { color: #555; font-size: .9em; }
 
 _SCRIPT = """
 window.addEventListener('load', function () {
-  for (const img of document.images) { img.dataset.loaded = (img.complete && img.naturalWidth > 0) ? '1' : '0'; }
+  for (const img of Array.from(document.images)) {
+    const ok = img.complete && img.naturalWidth > 0;
+    img.dataset.loaded = ok ? '1' : '0';
+    if (!ok) {
+      const note = document.createElement('p');
+      note.className = 'missing';
+      note.textContent = 'figure not found: ' + img.getAttribute('src');
+      img.after(note);
+    }
+  }
 });
 """
-_ONERROR = "this.replaceWith(Object.assign(document.createElement('p'),{className:'missing',textContent:'missing figure: '+this.getAttribute('src')}))"
 
 
 def render_html(
@@ -117,8 +125,8 @@ def _figures(figures: dict[str, str], skipped: dict[str, str], captions: dict[st
     for name, path in figures.items():
         caption = captions.get(name, name)
         parts.append(
-            f'<figure id="figure-{escape(name)}"><img src="{escape(path)}" alt="{escape(caption)}" '
-            f'onerror="{escape(_ONERROR)}"><figcaption>{escape(caption)}</figcaption></figure>'
+            f'<figure id="figure-{escape(name)}"><img src="{escape(path)}" alt="{escape(caption)}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>"
         )
     if skipped:
         items = "".join(f"<li><code>{escape(n)}</code> skipped: {escape(r)}</li>" for n, r in skipped.items())

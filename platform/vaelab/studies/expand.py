@@ -33,7 +33,6 @@ from vaelab.studies.schema import (
     WARMUP_KEYS,
     AxisSpec,
     SearchSpaceSpec,
-    SearchSpec,
     Source,
     Study,
     StudySpec,
@@ -48,6 +47,7 @@ from vaelab.studies.schema import (
     format_scalar,
     key_join,
     param_default,
+    pinned_dims,
     read_yaml,
     structure_errors,
 )
@@ -115,9 +115,11 @@ def validate_file(path: PathLike) -> list[str]:
     [] when valid. Never raises for a bad spec (for `vaelab validate`)."""
     path = Path(path)
     try:
-        data, _ = read_yaml(path)
+        data, src = read_yaml(path)
     except SpecError as err:
         return [str(err)]
+    if not isinstance(data, dict):
+        return [str(src.error("", type(data).__name__, "a study or search-space file is a YAML mapping of keys"))]
     is_study = isinstance(data, dict) and bool(_STUDY_ONLY_KEYS & set(data))
     study, errors = _load(path) if is_study else _space_as_study(path)
     if study is not None and not errors:
@@ -276,7 +278,7 @@ def _expand_checked(study: Study, budget: str) -> tuple[list[TrialSpec], list[Sp
     if errors:
         return trials, errors
     errors += _check_scheduler(study, trials)
-    errors += check_report(study.report, [_trial_params(t) for t in trials], study.source)
+    errors += check_report(study.report, [_trial_params(t) for t in trials], study.source, pinned_dims(study))
     return trials, errors
 
 
@@ -305,13 +307,19 @@ def _expand(study: Study, budget: str) -> tuple[list[TrialSpec], list[SpecError]
 def _candidates(study: Study, budget: str) -> Iterator[tuple[list[_Pick], Optional[int]]]:
     """Grid combinations in file order (last axis fastest), each with each sample."""
     axes = study.active_axes()
-    grid = [_grid_picks(name, axis, study.space_source) for name, axis in axes.items() if not axis.is_sampled]
+    grid = [_pinned(study, name, _grid_picks(name, axis, study.space_source)) for name, axis in axes.items() if not axis.is_sampled]
     samples: list[list[_Pick]] = [[]]
     if study.search.mode == "random":
         samples = _sample_picks(axes, study.num_samples_for(budget) or 0, study.search.seed, study.space_source)
     for combo in itertools.product(*grid):
         for index, sample in enumerate(samples):
             yield list(combo) + sample, (index if study.search.mode == "random" else None)
+
+
+def _pinned(study: Study, axis: str, picks: list[_Pick]) -> list[_Pick]:
+    """A bundled axis pinned by an override (axis: label) keeps that item only."""
+    label = study.overrides.get(axis) if axis not in PARAM_FIELDS else None
+    return [p for p in picks if p.label == label] if label is not None else picks
 
 
 def _grid_picks(name: str, axis: AxisSpec, src: Source) -> list[_Pick]:
@@ -368,7 +376,8 @@ def _layered(study: Study, picks: Sequence[_Pick]) -> _Layers:
         for name, value in pick.values.items():
             layers.set(name, value, space_src, pick.paths[name])
     for name, value in study.overrides.items():
-        layers.set(name, value, src, key_join("overrides", name))
+        if name in PARAM_FIELDS:  # other keys pin bundled axes (see _pinned)
+            layers.set(name, value, src, key_join("overrides", name))
     if study.checkpoint_every is not None:
         layers.set("checkpoint_every", study.checkpoint_every, src, "checkpoint_every")
     return layers
@@ -495,7 +504,7 @@ def _failure_errors(failures: Mapping[tuple[str, ...], list[Any]]) -> list[SpecE
     errors = []
     for (file, path, value, message, line), keys in failures.items():
         more = f" and {len(keys) - 1} more" if len(keys) > 1 else ""
-        hint = " — add an `exclude:` entry or fix the values" if path != "(defaults)" else ""
+        hint = "; add an `exclude:` entry or change the values" if path != "(defaults)" else ""
         errors.append(SpecError(file or "(defaults)", path, value, f"{message} (trial {keys[0]}{more}){hint}", int(line) if line else None))
     return errors
 
@@ -570,6 +579,19 @@ def _point_pick(name: str, axis: AxisSpec, point: Mapping[str, Any], src: Source
     return _Pick(name, format_scalar(clean), {name: clean}, {name: key_join(key_join("axes", name), axis.kind)})
 
 
+def missing_init_from(trials: Sequence[TrialSpec], base: Optional[Path] = None) -> list[str]:
+    """init_from checkpoints that do not exist (relative paths against `base`, default
+    the working directory). Validation accepts them (a study may ship placeholders);
+    a runner calls this to refuse to start rather than fail trial by trial."""
+    base = base or Path.cwd()
+    missing: dict[str, list[str]] = {}
+    for trial in trials:
+        path = trial.config.get("init_from")
+        if path and "://" not in path and not (base / Path(path).expanduser()).is_file():
+            missing.setdefault(path, []).append(trial.trial_key)
+    return [f"init_from {path}: no such file (trial {keys[0]}{f' and {len(keys) - 1} more' if len(keys) > 1 else ''})" for path, keys in missing.items()]
+
+
 def group_cohorts(trials: Sequence[TrialSpec], size: int) -> list[list[TrialSpec]]:
     """Trials that differ only in config.COHORT_VARYING keys (seed, rho, warm-up, ...)
     share an architecture and can train in one set of kernels; group them in file
@@ -608,7 +630,19 @@ def resolved_yaml(study: Study) -> str:
     """resolved_dict as YAML (artifact study.yaml of the parent MLflow run);
     load_study on it gives the same trials and the same spec_hash."""
     header = f"# resolved study {study.name!r}, budget {study.budget!r}, spec_hash {spec_hash(study)}\n"
-    return header + yaml.safe_dump(resolved_dict(study), sort_keys=False, allow_unicode=True, width=100)
+    return header + yaml.dump(resolved_dict(study), Dumper=_SpecDumper, sort_keys=False, allow_unicode=True, width=100)
+
+
+class _SpecDumper(yaml.SafeDumper):
+    """SafeDumper that writes short lists of scalars inline ([64, 32, 16]) as people do."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+    flow = all(not isinstance(v, (dict, list)) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_SpecDumper.add_representer(list, _represent_list)
 
 
 def spec_hash(study: Study) -> str:

@@ -42,8 +42,7 @@ log = logging.getLogger(__name__)
 
 CTX_KEY = "vaelab"  # the Tune config key holding the study context
 COHORT_KEY = "cohort"  # grid/random: {"index": i, "members": [TrialSpec dicts]}
-PARAMS_KEY = "params"  # optuna: the sampled values
-BASE_KEY = "base"  # optuna: the member template the sampled values go into
+PARAMS_KEY = "params"  # optuna: the sampled point (axis -> value; a bundled axis takes a label)
 SIDECAR = "vaelab_study.json"  # in the Tune experiment directory: what `resume` needs
 CHECKPOINT_FILE = "checkpoint.pt"
 STATUS_METRIC = "vaelab_status"  # in Tune results: running | finished | diverged
@@ -83,9 +82,9 @@ class OptunaPlan:
     mode: str  # "max" | "min"
     num_samples: int
     max_concurrent: int
-    space: dict[str, tuple]  # param -> ("uniform", lo, hi) | ("loguniform", lo, hi) | ("choice", [...]) | ...
-    base: dict[str, Any]  # fixed values every sampled trial starts from
-    asha: Optional[dict[str, Any]] = None  # grace_period, reduction_factor, max_t
+    space: dict[str, tuple]  # expand.tune_search_space: ("uniform", lo, hi), ("choice", [...]), ...
+    epochs: int  # every trial's epochs (ASHA's max_t, the ETA)
+    asha: Optional[dict[str, Any]] = None  # grace_period, reduction_factor
     seed: Optional[int] = None
 
 
@@ -96,14 +95,16 @@ class LaunchPlan:
     study: str
     budget: str
     spec_hash: str
-    study_yaml: str
+    study_yaml: str  # the resolved study (expand.resolved_yaml): rebuilds optuna trials in workers
     cohorts: list[list[Member]]  # grid / random; empty for optuna
     optuna: Optional[OptunaPlan]
     resources: dict[str, float]  # {"cpu": c, "gpu": g}
     max_failures: int = 2
+    max_concurrent: Optional[int] = None  # grid / random: Tune trials at once (None: as resources allow)
+    checkpoint_every: Optional[int] = None  # None: each trial's own `checkpoint_every`
     metric: str = "test_ll_iw"  # "best so far" in the progress line
     mode: str = "max"
-    source_dir: Optional[Path] = None  # where the study file lives (git SHA, relative paths)
+    source_dir: Optional[Path] = None  # where the study file lives (git SHA)
 
     @property
     def n_trials(self) -> int:
@@ -111,90 +112,49 @@ class LaunchPlan:
 
 
 def plan_from_study(study: Any, budget: Optional[str] = None) -> LaunchPlan:
-    """Adapt a `vaelab.studies` Study (schema.py / expand.py) into a LaunchPlan."""
+    """A loaded `vaelab.studies.Study` (load_study) as a LaunchPlan for one budget."""
     from vaelab.studies import expand
 
-    search = getattr(study, "search", None)
-    mode = str(_get(search, "mode", _get(search, "type", "grid")) or "grid")
-    budget_name = budget or _default_budget(study)
-    metric = _get(search, "metric", None) or "test_ll_iw"
-    direction = _get(search, "mode_", None) or _get(search, "direction", None) or _metric_mode(search)
-    resources = _resources(getattr(study, "resources", None))
+    budget = budget or study.budget
+    if budget != study.budget:
+        study = study.with_budget(budget)
+    search = study.search
+    metric = search.metric or "test_ll_iw"
+    mode = search.direction or ("min" if metric.endswith("loss") else "max")
+    budget_params = study.budget_params(budget)
     cohorts: list[list[Member]] = []
     optuna = None
-    if mode == "optuna":
+    if search.mode == "optuna":
+        fixed = {**study.search_space.fixed, **study.overrides, **budget_params}
         optuna = OptunaPlan(
             metric=metric,
-            mode=direction,
-            num_samples=int(_get(search, "num_samples", 8)),
-            max_concurrent=int(_get(search, "max_concurrent", 0) or max(1, _cpu_slots(resources))),
+            mode=mode,
+            num_samples=int(study.num_samples_for(budget) or 8),
+            max_concurrent=int(search.max_concurrent or 0),
             space=dict(expand.tune_search_space(study)),
-            base=_optuna_base(study, budget_name),
-            asha=_asha(search),
-            seed=_get(search, "seed", None),
+            epochs=int(fixed.get("epochs", 2000)),
+            asha=search.scheduler.model_dump() if search.scheduler else None,
+            seed=search.seed,
         )
     else:
-        trials = expand.expand_trials(study, budget_name)
-        size = int(_get(study, "cohort_size", 1) or 1)
-        groups = expand.group_cohorts(trials, size) if size > 1 else [[t] for t in trials]
+        trials = expand.expand_trials(study, budget)
+        groups = expand.group_cohorts(trials, study.cohort_size) if study.cohort_size > 1 else [[t] for t in trials]
         cohorts = [[_member(t) for t in group] for group in groups]
     return LaunchPlan(
-        study=str(study.name),
-        budget=budget_name or "",
-        spec_hash=str(expand.spec_hash(study)),
-        study_yaml=str(expand.resolved_yaml(study)),
+        study=study.name,
+        budget=budget,
+        spec_hash=expand.spec_hash(study),
+        study_yaml=expand.resolved_yaml(study),
         cohorts=cohorts,
         optuna=optuna,
-        resources=resources,
-        max_failures=int(_get(study, "max_failures", _get(search, "max_failures", 2))),
+        resources={"cpu": float(study.resources.cpu), "gpu": float(study.resources.gpu)},
+        max_failures=int(study.failure.max_failures),
+        max_concurrent=search.max_concurrent,
+        checkpoint_every=budget_params.get("checkpoint_every") or study.checkpoint_every,
         metric=metric,
-        mode=direction,
-        source_dir=_source_dir(study),
+        mode=mode,
+        source_dir=_source_dir(study.source.file),
     )
-
-
-def _get(obj: Any, name: str, default: Any = None) -> Any:
-    if obj is None:
-        return default
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
-def _metric_mode(search: Any) -> str:
-    value = _get(search, "mode", None)
-    return value if value in ("max", "min") else "max"
-
-
-def _default_budget(study: Any) -> str:
-    return str(_get(study, "budget", None) or _get(study, "default_budget", None) or "")
-
-
-def _resources(spec: Any) -> dict[str, float]:
-    cpu = float(_get(spec, "cpu", 1) or 0)
-    gpu = float(_get(spec, "gpu", 0) or 0)
-    return {"cpu": cpu, "gpu": gpu}
-
-
-def _cpu_slots(resources: Mapping[str, float]) -> int:
-    return max(1, int((os.cpu_count() or 1) // max(resources.get("cpu", 1) or 1, 1)))
-
-
-def _asha(search: Any) -> Optional[dict[str, Any]]:
-    asha = _get(search, "asha", None) or _get(search, "early_stopping", None)
-    if not asha:
-        return None
-    if asha is True:
-        return {}
-    return {k: v for k, v in (asha.model_dump() if hasattr(asha, "model_dump") else dict(asha)).items()
-            if v is not None and k != "enabled"}
-
-
-def _optuna_base(study: Any, budget: Optional[str]) -> dict[str, Any]:
-    from vaelab.studies import expand
-
-    trials = expand.expand_trials(study, budget)
-    return dict(trials[0].config) if trials else {}
 
 
 def _member(spec: Any) -> Member:
@@ -203,13 +163,34 @@ def _member(spec: Any) -> Member:
         trial_id=str(spec.trial_id),
         variant=str(spec.variant or ""),
         config=dict(spec.config),
-        seed=int(getattr(spec, "seed", spec.config.get("seed", 0)) or 0),
+        seed=int(spec.seed),
     )
 
 
-def _source_dir(study: Any) -> Optional[Path]:
-    path = _get(study, "path", None) or _get(study, "source", None)
-    return Path(path).resolve().parent if path else None
+def _source_dir(file: str) -> Optional[Path]:
+    path = Path(file)
+    return path.resolve().parent if path.exists() else None
+
+
+def _optuna_member(ctx: Mapping[str, Any], point: Mapping[str, Any], cohort_id: str) -> Optional[Member]:
+    """The trial optuna proposed, built by the studies module from the resolved study.
+
+    None when the point is excluded or invalid: there is nothing to train."""
+    from vaelab.errors import SpecError
+    from vaelab.studies import expand
+
+    with tempfile.TemporaryDirectory(prefix="vaelab-study-") as tmp:
+        path = Path(tmp) / "study.yaml"
+        path.write_text(ctx["study_yaml"])
+        study = expand.load_study(path, ctx["budget"] or None)
+        try:
+            spec = expand.trial_from_point(study, dict(point), budget=ctx["budget"] or None)
+        except SpecError as err:
+            log.warning("optuna proposed an invalid point %s: %s", dict(point), err)
+            return None
+    # Two optuna trials may propose the same point: the Tune trial id keeps their runs apart.
+    return dataclasses.replace(_member(spec), trial_id=f"{spec.trial_id}-{cohort_id}",
+                               config=absolute_paths(spec.config, Path(ctx.get("cwd") or Path.cwd())))
 
 
 # =========================================================================== paths
@@ -284,7 +265,7 @@ def cohort_trainable(config: dict[str, Any]) -> None:
 
     `config[CTX_KEY]` carries the study context (parent run, tracking URI, fault
     injection); the cohort comes from `config[COHORT_KEY]` (grid) or from
-    `config[BASE_KEY]` + `config[PARAMS_KEY]` (optuna).
+    the optuna point `config[PARAMS_KEY]` rebuilt by the studies module (optuna).
     """
     from ray import tune
 
@@ -294,6 +275,9 @@ def cohort_trainable(config: dict[str, Any]) -> None:
     ctx = config[CTX_KEY]
     cohort_id = tune.get_context().get_trial_id()
     members = _cohort_members(config, cohort_id)
+    if not members:  # an optuna point the study excludes: report it as a failed point
+        tune.report({ctx["metric"]: math.nan, STATUS_METRIC: "invalid"})
+        return
     configs = [trial_config(m.config) for m in members]
     trainer = Trainer(configs)
     resumed_epoch = _restore(trainer, tune.get_checkpoint())
@@ -327,11 +311,8 @@ def cohort_trainable(config: dict[str, Any]) -> None:
 def _cohort_members(config: Mapping[str, Any], cohort_id: str) -> list[Member]:
     if COHORT_KEY in config:
         return [Member(**m) for m in config[COHORT_KEY]["members"]]
-    ctx = config[CTX_KEY]
-    values = {**config[BASE_KEY], **config[PARAMS_KEY]}
-    trial_id = f"{ctx['run_name']}-{cohort_id}"
-    return [Member(trial_key=trial_id, trial_id=trial_id, variant="", config=values,
-                   seed=int(values.get("seed", 0)))]
+    member = _optuna_member(config[CTX_KEY], config[PARAMS_KEY], cohort_id)
+    return [member] if member else []
 
 
 def _restore(trainer: "Trainer", checkpoint: Any) -> int:
@@ -519,7 +500,13 @@ def _make_progress_callback(metric: str, mode: str, total: int, interval_s: floa
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._print(trials)
 
+        def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            print(f"[vaelab] {_trial_label(trial)} failed ({_error_line(trial)}); retrying from its "
+                  f"last checkpoint (failure {trial.num_failures})", file=sys.stderr, flush=True)
+
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            print(f"[vaelab] {_trial_label(trial)} failed for good ({_error_line(trial)}); "
+                  f"details: {trial.error_file or trial.path}", file=sys.stderr, flush=True)
             self._print(trials)
 
         def on_experiment_end(self, trials: list, **info: Any) -> None:
@@ -533,6 +520,27 @@ def _make_progress_callback(metric: str, mode: str, total: int, interval_s: floa
                 self.last_line = line
 
     return Progress()
+
+
+def _trial_label(trial: Any) -> str:
+    cohort = trial.config.get(COHORT_KEY)
+    if cohort:
+        return "trial " + " + ".join(m["trial_key"] for m in cohort["members"])
+    return f"trial {trial.trial_id}"
+
+
+def _error_line(trial: Any) -> str:
+    try:
+        error = trial.get_pickled_error() or trial.get_error()
+    except Exception:  # noqa: BLE001 - a message is all we want
+        error = None
+    if error is None:
+        return "unknown error"
+    text = str(error).strip()
+    # Ray wraps the cause; its most useful line is usually the last non-empty one
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    head = next((ln for ln in lines if "actor died" in ln.lower() or "Error" in ln), lines[-1] if lines else "")
+    return f"{type(error).__name__}: {head[:200]}"
 
 
 def progress_line(
@@ -577,8 +585,7 @@ def progress_line(
 def _trial_epochs(config: Mapping[str, Any]) -> int:
     if COHORT_KEY in config:
         return int(config[COHORT_KEY]["members"][0]["config"].get("epochs", 1))
-    params = {**config.get(BASE_KEY, {}), **config.get(PARAMS_KEY, {})}
-    return int(params.get("epochs", 1)) if not isinstance(params.get("epochs"), dict) else 1
+    return int(config.get(CTX_KEY, {}).get("epochs") or 1)
 
 
 def _clock(seconds: float) -> str:
@@ -664,6 +671,14 @@ def check_cluster_storage(
         )
 
 
+def _cpu_slots(resources: Mapping[str, float]) -> int:
+    """How many trials fit on the cluster's CPUs at once."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
+    return max(1, int(cpus // max(resources.get("cpu", 1) or 1, 1e-9)))
+
+
 def _trainable(resources: Mapping[str, float]):
     from ray import tune
 
@@ -679,7 +694,7 @@ def _search_space(spec: Mapping[str, tuple]) -> dict[str, Any]:
     makers: dict[str, Callable[..., Any]] = {
         "uniform": tune.uniform,
         "loguniform": tune.loguniform,
-        "randint": lambda lo, hi: tune.randint(lo, hi + 1),  # YAML bounds are inclusive
+        "randint": tune.randint,  # hi excluded, as in expand's random sampler
         "choice": lambda values: tune.choice(list(values)),
         "grid": lambda values: tune.choice(list(values)),
     }
@@ -696,7 +711,7 @@ def _param_space(plan: LaunchPlan, ctx: Mapping[str, Any]) -> dict[str, Any]:
     from ray import tune
 
     if plan.optuna:
-        return {CTX_KEY: dict(ctx), BASE_KEY: plan.optuna.base, PARAMS_KEY: _search_space(plan.optuna.space)}
+        return {CTX_KEY: dict(ctx), PARAMS_KEY: _search_space(plan.optuna.space)}
     cohorts = [
         {"index": i, "members": [dataclasses.asdict(m) for m in members]}
         for i, members in enumerate(plan.cohorts)
@@ -708,22 +723,28 @@ def _tune_config(plan: LaunchPlan):
     from ray import tune
 
     if not plan.optuna:
-        return tune.TuneConfig(num_samples=1, trial_dirname_creator=trial_dirname, max_concurrent_trials=None)
+        return tune.TuneConfig(
+            num_samples=1, trial_dirname_creator=trial_dirname, max_concurrent_trials=plan.max_concurrent
+        )
+    import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
     opt = plan.optuna
-    searcher = ConcurrencyLimiter(OptunaSearch(seed=opt.seed), max_concurrent=max(1, opt.max_concurrent))
+    concurrent = opt.max_concurrent or _cpu_slots(plan.resources)
+    searcher = ConcurrencyLimiter(OptunaSearch(seed=opt.seed), max_concurrent=concurrent)
     scheduler = None
     if opt.asha is not None:
         from ray.tune.schedulers import ASHAScheduler
 
-        epochs = int(opt.base.get("epochs", 1))
+        # One Tune result per epoch, so training_iteration counts epochs (also after a restore).
         scheduler = ASHAScheduler(
             time_attr="training_iteration",
-            max_t=int(opt.asha.get("max_t", epochs)),
-            grace_period=int(opt.asha.get("grace_period", max(1, epochs // 8))),
-            reduction_factor=float(opt.asha.get("reduction_factor", 3)),
+            max_t=opt.epochs,
+            grace_period=int(opt.asha.get("grace_period", 1)),
+            reduction_factor=float(opt.asha.get("reduction_factor", 4)),
         )
     return tune.TuneConfig(
         metric=opt.metric,
@@ -840,7 +861,7 @@ def summary_table(rows: Sequence[Mapping[str, Any]], metric: str, max_params: in
     header = ["trial", "variant", *varying, "seed", *metrics, "epochs", "status"]
     table = [header]
     for r in sorted(rows, key=lambda r: r["trial_key"]):
-        cells = [r["trial_key"], r["variant"] or "-", *(r["params"].get(k, "") for k in varying),
+        cells = [r["trial_key"], r["variant"] or "-", *(_fmt_param(r["params"].get(k, "")) for k in varying),
                  r["params"].get("seed", "")]
         cells += [_fmt(r["metrics"].get(m)) for m in metrics]
         cells += [str(int(r["metrics"].get("epoch", 0) or 0)), r["status"]]
@@ -849,6 +870,15 @@ def summary_table(rows: Sequence[Mapping[str, Any]], metric: str, max_params: in
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _fmt_param(text: str) -> str:
+    """MLflow param strings; long floats shortened for the table."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return f"{value:.4g}" if "." in text or "e" in text.lower() else text
 
 
 def _fmt(value: Any) -> str:
@@ -903,7 +933,7 @@ def run_study(
             f"{experiment_path} already exists: continue it with `vaelab resume {run_name}` "
             "or choose another --name"
         )
-    plan = _with_absolute_paths(plan, plan.source_dir or Path.cwd())
+    plan = _with_absolute_paths(plan, Path.cwd())
     started = connect_ray(address, uri)
     try:
         check_cluster_storage(address, storage_uri, uri, shared_storage)
@@ -980,8 +1010,10 @@ def resume_study(
 def _fit(tuner: Any) -> tuple[Any, bool]:
     """Tuner.fit(). Tune turns SIGINT (Ctrl-C) and SIGUSR1 into a saved, resumable stop;
     SIGTERM is routed to the same path. Interrupted = some trial neither ended nor errored."""
-    # Ray's own console output is replaced by the progress callback's one line.
+    # Ray's own console output is replaced by the progress callback's lines; a trial's
+    # traceback stays in its error.txt (the callback prints where).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
@@ -1003,16 +1035,18 @@ def default_run_name(plan: LaunchPlan) -> str:
 
 def _with_absolute_paths(plan: LaunchPlan, base: Path) -> LaunchPlan:
     cohorts = [[dataclasses.replace(m, config=absolute_paths(m.config, base)) for m in c] for c in plan.cohorts]
-    optuna = plan.optuna
-    if optuna is not None:
-        optuna = dataclasses.replace(optuna, base=absolute_paths(optuna.base, base))
-    return dataclasses.replace(plan, cohorts=cohorts, optuna=optuna)
+    return dataclasses.replace(plan, cohorts=cohorts)
 
 
 def _context(plan: LaunchPlan, info: tracking.StudyRunInfo, run_name: str, uri: str) -> dict[str, Any]:
     return {
         "study": plan.study,
+        "budget": plan.budget,
         "run_name": run_name,
+        "cwd": str(Path.cwd()),
+        "epochs": plan.optuna.epochs if plan.optuna else None,
+        "checkpoint_every": plan.checkpoint_every,
+        "study_yaml": plan.study_yaml if plan.optuna else None,
         "experiment_id": info.experiment_id,
         "parent_run_id": info.parent_run_id,
         # A URI carrying credentials reaches trials only through their environment.

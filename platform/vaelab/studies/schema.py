@@ -202,8 +202,8 @@ class AxisSpec(_Strict):
 
     grid: Optional[list[Any]] = None
     choice: Optional[list[Any]] = None
-    uniform: Optional[list[float]] = None
-    loguniform: Optional[list[float]] = None
+    uniform: Optional[list[Union[int, float]]] = None
+    loguniform: Optional[list[Union[int, float]]] = None
     randint: Optional[list[int]] = None
 
     @model_validator(mode="after")
@@ -372,7 +372,8 @@ class Study(StudySpec):
         return self.budgets[budget or self.budget].get("warmup_fraction")
 
     def active_axes(self) -> dict[str, AxisSpec]:
-        """Axes left after study overrides pinned some params."""
+        """Axes left after study overrides pinned some params (a bundled axis pinned to
+        one label stays, with that item only: see expand._candidates)."""
         return {n: a for n, a in self.search_space.axes.items() if n not in self.overrides or a.is_bundle}
 
     def with_budget(self, budget: str) -> "Study":
@@ -444,8 +445,16 @@ def _describe(item: Mapping[str, Any], loc: tuple[Any, ...], model: type[BaseMod
         return item.get("input"), "a study name is an MLflow experiment and a folder name: letters, digits, _ . -"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return item.get("input"), "expected a mapping (key: value lines)"
+    bound = _BOUND_WORDS.get(kind)
+    if bound and loc:
+        limit = next(iter(item.get("ctx", {}).values()), "?")
+        limit = f"{limit:g}" if isinstance(limit, float) else limit
+        return item.get("input"), f"{loc[-1]} must be {bound} {limit}"
     message = str(item["msg"]).removeprefix("Value error, ")
     return item.get("input"), message
+
+
+_BOUND_WORDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -612,6 +621,8 @@ def _check_params(
 def _check_axis(name: str, axis: AxisSpec, src: Source, errors: list[SpecError]) -> AxisSpec:
     path = key_join(key_join("axes", name), axis.kind)
     if axis.is_bundle:
+        if name in PARAM_FIELDS:
+            errors.append(src.error(key_join("axes", name), name, "a bundled axis (mapping items) needs a name that is not a trial param, e.g. variant"))
         return axis.model_copy(update={"grid": _check_bundle(path, axis.values, src, errors)})
     if name not in PARAM_FIELDS or name == "seed":
         _, message = check_param(name, None)
@@ -681,10 +692,11 @@ def _check_bounds(name: str, axis: AxisSpec, path: str, src: Source, errors: lis
     if lo >= hi:
         errors.append(src.error(path, bounds, f"{axis.kind} needs lo < hi"))
         return
+    checks = [(0, lo), (1, hi - 1 if axis.kind == "randint" else hi)]  # randint excludes hi
     if axis.kind == "loguniform" and lo <= 0:
         errors.append(src.error(key_join(path, 0), lo, "loguniform needs lo > 0"))
-    top = hi - 1 if axis.kind == "randint" else hi  # randint excludes hi (ray.tune.randint)
-    for index, value in ((0, lo), (1, top)):
+        checks = checks[1:]
+    for index, value in checks:
         _, message = check_param(name, value)
         if message:
             errors.append(src.error(key_join(path, index), bounds[index], message))
@@ -743,7 +755,7 @@ def check_study(study: Study) -> tuple[Study, list[SpecError]]:
     """Everything about a study that needs no expansion; returns it normalised."""
     src = study.source
     errors: list[SpecError] = []
-    overrides = _check_params(study.overrides, "overrides", src, errors)
+    overrides = _check_overrides(study, src, errors)
     budgets = {name: _check_budget(name, values, study, src, errors) for name, values in study.budgets.items()}
     study = study.model_copy(update={"overrides": overrides, "budgets": budgets})
     _check_default_budget(study, errors)
@@ -752,6 +764,21 @@ def check_study(study: Study) -> tuple[Study, list[SpecError]]:
         errors.append(src.error("checkpoint_every", study.checkpoint_every, "also set in overrides; keep one"))
     errors += check_search_mode(study)
     return study, errors
+
+
+def _check_overrides(study: Study, src: Source, errors: list[SpecError]) -> dict[str, Any]:
+    """Params on top of the search space; a bundled axis's name with one of its labels
+    pins that axis to the one variant (e.g. `--set variant=VAE+BN+WU`)."""
+    bundles = study.search_space.bundle_axes()
+    params = {k: v for k, v in study.overrides.items() if k not in bundles}
+    normalised = _check_params(params, "overrides", src, errors)
+    for axis in bundles:
+        if axis in study.overrides:
+            label, labels = study.overrides[axis], study.search_space.labels(axis)
+            if label not in labels:
+                errors.append(src.error(key_join("overrides", axis), label, f"no variant labelled {label!r}{_suggest(str(label), labels)}; labels: {', '.join(labels)}"))
+            normalised[axis] = label
+    return normalised
 
 
 def _check_budget(
@@ -812,8 +839,9 @@ def check_search_mode(study: Study) -> list[SpecError]:
     else:
         if not sampled:
             errors.append(src.error("search.mode", search.mode, f"mode {search.mode} needs at least one choice/uniform/loguniform/randint axis; this space has grid axes only"))
-        if not any(study.num_samples_for(b) for b in study.budgets):
-            errors.append(src.error("search.num_samples", MISSING, f"mode {search.mode} needs num_samples (here or in each budget)"))
+        for budget in study.budgets:
+            if not study.num_samples_for(budget):
+                errors.append(src.error(key_join("budgets", budget), MISSING, f"mode {search.mode} needs num_samples (in search: or in this budget)"))
     if search.mode == "optuna":
         errors += _check_optuna(study, axes)
     errors += _check_metric(study)
@@ -886,16 +914,32 @@ class TrialParams:
         return self.variant if name == "variant" else self.params.get(name)
 
 
-def check_report(report: ReportSpec, trials: list[TrialParams], src: Source) -> list[SpecError]:
+def check_report(
+    report: ReportSpec, trials: list[TrialParams], src: Source, pinned: frozenset[str] = frozenset()
+) -> list[SpecError]:
     """Tables may only name params, `variant`, `layer` (rows) and reported metrics; their
-    filters and orders must match trials of this budget; paper refs must exist."""
+    filters and orders must match trials of this budget; paper refs must exist.
+
+    `pinned` dims (set by overrides, e.g. a CLI --set) are not held to "some trial has
+    this value": pinning a study to one variant must not make its report invalid."""
     errors: list[SpecError] = []
     for index, table in enumerate(report.tables):
-        errors += _check_table(table, key_join("report.tables", index), trials, src)
+        errors += _check_table(table, key_join("report.tables", index), trials, src, pinned)
     return errors
 
 
-def _check_table(table: TableSpec, path: str, trials: list[TrialParams], src: Source) -> list[SpecError]:
+def pinned_dims(study: Study) -> frozenset[str]:
+    """Params and `variant` whose values overrides restrict (see check_report)."""
+    pinned = {k for k in study.overrides if k in PARAM_FIELDS}
+    for axis in study.search_space.bundle_axes():
+        if axis in study.overrides:
+            pinned |= {"variant"} | _bundle_params(study.search_space.axes[axis])
+    if "depth" in pinned:
+        pinned |= {"latent_dims", "hidden_dims"}  # shown truncated to depth
+    return frozenset(pinned)
+
+
+def _check_table(table: TableSpec, path: str, trials: list[TrialParams], src: Source, pinned: frozenset[str]) -> list[SpecError]:
     errors: list[SpecError] = []
     for key in ("rows", "columns"):
         name = getattr(table, key)
@@ -909,11 +953,12 @@ def _check_table(table: TableSpec, path: str, trials: list[TrialParams], src: So
         errors.append(src.error(path, "variant", "this study has no bundled variant axis, so no variant labels"))
     depth = max((int(t.params.get("depth", 0)) for t in trials), default=MAX_DEPTH)
     errors += _check_table_value(table, path, depth, src)
-    selected = _check_where(table, path, trials, src, errors)
+    selected = _check_where(table, path, trials, src, errors, pinned)
     for key, dim in (("row_order", table.rows), ("column_order", table.columns)):
-        _check_order(getattr(table, key), dim, key_join(path, key), selected, src, errors)
+        if dim not in pinned:
+            _check_order(getattr(table, key), dim, key_join(path, key), selected, src, errors)
     if table.paper is not None:
-        errors += _check_paper(table, key_join(path, "paper"), selected, src)
+        errors += _check_paper(table, key_join(path, "paper"), selected, src, pinned)
     return errors
 
 
@@ -928,25 +973,27 @@ def _check_table_value(table: TableSpec, path: str, depth: int, src: Source) -> 
 
 
 def _check_where(
-    table: TableSpec, path: str, trials: list[TrialParams], src: Source, errors: list[SpecError]
+    table: TableSpec, path: str, trials: list[TrialParams], src: Source, errors: list[SpecError], pinned: frozenset[str]
 ) -> list[TrialParams]:
     for key, value in table.where.items():
         if key != "variant" and key not in PARAM_FIELDS:
             errors.append(src.error(key_join(key_join(path, "where"), key), value, f"unknown param{_suggest(key, PARAM_FIELDS)}"))
             return trials
     selected = [t for t in trials if all(_same(t.value(k), v) for k, v in table.where.items())]
-    if table.where and not selected:
+    if table.where and not selected and not pinned & set(table.where):
         errors.append(src.error(key_join(path, "where"), table.where, "matches no trial of this budget"))
     return selected
 
 
-def _check_order(order: list[str], dim: str, path: str, trials: list[TrialParams], src: Source, errors: list[SpecError]) -> None:
+def _check_order(order: list[Any], dim: str, path: str, trials: list[TrialParams], src: Source, errors: list[SpecError]) -> None:
+    """Order entries name values some trial has (as shown: '64-32', 'VAE+BN', 0.8)."""
     if not order or dim == "layer" or not trials:
         return
     present = {format_scalar(t.value(dim)) for t in trials}
     for index, item in enumerate(order):
-        if item not in present:
-            errors.append(src.error(key_join(path, index), item, f"no trial has {dim}={item}{_suggest(item, present)}; values: {', '.join(sorted(present))}"))
+        shown = format_scalar(item)
+        if shown not in present:
+            errors.append(src.error(key_join(path, index), item, f"no trial has {dim}={shown}{_suggest(shown, present)}; values: {', '.join(sorted(present))}"))
 
 
 def _same(actual: Any, wanted: Any) -> bool:
@@ -958,7 +1005,9 @@ def _same(actual: Any, wanted: Any) -> bool:
     return format_scalar(actual) == format_scalar(wanted)
 
 
-def _check_paper(table: TableSpec, path: str, trials: list[TrialParams], src: Source) -> list[SpecError]:
+def _check_paper(table: TableSpec, path: str, trials: list[TrialParams], src: Source, pinned: frozenset[str]) -> list[SpecError]:
+    """The reference names existing rows of paper_results.csv, for a dataset these
+    trials train on; variant_map maps study labels to the csv's variant names."""
     ref = table.paper
     assert ref is not None
     rows = [
@@ -969,10 +1018,19 @@ def _check_paper(table: TableSpec, path: str, trials: list[TrialParams], src: So
     if not rows:
         wanted = {"source": ref.source, "table": ref.table, "dataset": ref.dataset, "metric": ref.metric, "finetune": ref.finetune}
         return [src.error(path, wanted, "no row of paper_results.csv matches")]
+    errors: list[SpecError] = []
     datasets = {str(t.params.get("dataset")) for t in trials}
-    if trials and ref.dataset not in datasets:
-        return [src.error(key_join(path, "dataset"), ref.dataset, f"the table's trials train on {', '.join(sorted(datasets))}")]
-    return []
+    if trials and ref.dataset not in datasets and "dataset" not in pinned:
+        errors.append(src.error(key_join(path, "dataset"), ref.dataset, f"the table's trials train on {', '.join(sorted(datasets))}"))
+    labels = {t.variant for t in trials}
+    paper_variants = {r["variant"] for r in rows}
+    for ours, theirs in getattr(ref, "variant_map", {}).items():
+        map_path = key_join(key_join(path, "variant_map"), ours)
+        if trials and ours not in labels and "variant" not in pinned:
+            errors.append(src.error(map_path, ours, f"no trial has variant {ours!r}{_suggest(ours, labels)}"))
+        if theirs not in paper_variants:
+            errors.append(src.error(map_path, theirs, f"not a variant of this paper table: {', '.join(sorted(paper_variants))}"))
+    return errors
 
 
 @functools.lru_cache(maxsize=1)

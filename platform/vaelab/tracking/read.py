@@ -292,7 +292,8 @@ def _trial_runs(runs: list[Run], parent: Run | None, warnings: list[str]) -> lis
     if parent is not None:
         mine = [r for r in trials if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
         if len(mine) < len(trials):
-            warnings.append(f"{len(trials) - len(mine)} trial runs of other study runs ignored")
+            ignored = len(trials) - len(mine)
+            warnings.append(f"{ignored} trial run(s) of other study runs ignored")
         trials = mine
     records = [_trial_run(r) for r in trials]
     _warn_duplicate_ids(records, warnings)
@@ -301,13 +302,18 @@ def _trial_runs(runs: list[Run], parent: Run | None, warnings: list[str]) -> lis
 
 def _trial_run(run: Run) -> TrialRun:
     tags = dict(run.data.tags)
+    trial_id = tags.get("vaelab.trial_id") or run.info.run_name or run.info.run_id
+    try:
+        params = typed_params(run.data.params)
+    except ValueError as err:
+        raise ValueError(f"trial {trial_id} (MLflow run {run.info.run_id}): {err}") from err
     return TrialRun(
         run_id=run.info.run_id,
-        trial_id=tags.get("vaelab.trial_id") or run.info.run_name or run.info.run_id,
+        trial_id=trial_id,
         variant=tags.get("vaelab.variant", ""),
         status=trial_status(tags.get("vaelab.status"), run.info.status),
         mlflow_status=run.info.status,
-        params=typed_params(run.data.params),
+        params=params,
         metrics={k: float(v) for k, v in run.data.metrics.items()},
         tags=tags,
         start_time_ms=run.info.start_time,

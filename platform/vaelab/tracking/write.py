@@ -132,12 +132,15 @@ def redact_uri(uri: str) -> str:
         parts = urlsplit(uri)
     except ValueError:
         return "<unparseable uri>"
+    items = [item.partition("=") for item in parts.query.split("&") if item]
+    secret_query = any(_SECRET_QUERY_KEYS.search(k) for k, _, _ in items)
+    if "@" not in parts.netloc and not secret_query:
+        return uri  # nothing to hide (and urlunsplit would rewrite sqlite:////abs as sqlite://abs)
     netloc = parts.netloc
     if "@" in netloc:
         netloc = "***@" + netloc.rsplit("@", 1)[1]
     query = "&".join(
-        f"{k}=***" if _SECRET_QUERY_KEYS.search(k) else f"{k}={v}" if sep else k
-        for k, sep, v in (item.partition("=") for item in parts.query.split("&") if item)
+        f"{k}=***" if _SECRET_QUERY_KEYS.search(k) else f"{k}={v}" if sep else k for k, sep, v in items
     )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 

@@ -1,0 +1,452 @@
+"""The `vaelab` command line: run, resume, validate, ls, query, train, report, data.
+
+Every command imports what it needs when it runs (torch, ray and mlflow are slow to
+import), so `vaelab validate` and `vaelab --help` start in a fraction of a second.
+A mistake the user can fix (a bad study, a missing dataset, an unreachable tracking
+server, a bad --set) prints one clean message to stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterator, NoReturn, Optional
+
+import typer
+import yaml
+
+from vaelab.errors import VaelabError
+
+app = typer.Typer(
+    name="vaelab",
+    help="Hyperparameter and ablation studies of deep hierarchical VAEs on Ray Tune + MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Datasets: fetch and list.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+USER_ERROR = 2
+
+TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db]")
+StorageOpt = typer.Option(None, "--storage", help="Ray Tune storage: a path or s3://... [default: ./ray_results]")
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(USER_ERROR)
+
+
+def _is_user_error(err: BaseException) -> bool:
+    if isinstance(err, VaelabError):
+        return True
+    data = sys.modules.get("vaelab.data")  # only loaded (with torch) when data was touched
+    return data is not None and isinstance(err, getattr(data, "DataError", ()))
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """User-fixable errors -> one line on stderr, exit 2; bugs keep their traceback."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130)
+    except Exception as err:  # noqa: BLE001 - re-raised unless the user can fix it
+        if _is_user_error(err):
+            fail(str(err))
+        raise
+
+
+def _tracking_uri(uri: Optional[str]) -> str:
+    from vaelab.tracking.write import resolve_tracking_uri
+
+    return resolve_tracking_uri(uri)
+
+
+# --------------------------------------------------------------------------- --set
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """`key=value` pairs; each value is parsed as YAML (safe loader): 3, 1.0e-3, true, null, 64-32-16."""
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            fail(f"--set {item!r}: expected key=value")
+        try:
+            values[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            fail(f"--set {item!r}: value is not valid YAML ({err})")
+    return values
+
+
+def build_trial_config(values: dict[str, Any]):
+    """A TrialConfig from --set values; errors name the key and the value given."""
+    from pydantic import ValidationError
+
+    from vaelab.config import trial_config
+
+    try:
+        return trial_config(values)
+    except ValidationError as err:
+        fail("; ".join(_describe_error(e, values) for e in err.errors()))
+
+
+def _describe_error(error: dict[str, Any], values: dict[str, Any]) -> str:
+    loc = [str(p) for p in error.get("loc", ())]
+    key = loc[0] if loc else ""
+    if error.get("type") == "extra_forbidden":
+        return f"--set {key}={values.get(key)!r}: unknown parameter {key!r}"
+    message = error.get("msg", "invalid").removeprefix("Value error, ")
+    if key in values:
+        return f"--set {key}={values[key]!r}: {message}"
+    return f"invalid combination: {message}"
+
+
+# --------------------------------------------------------------------------- run / resume
+
+
+@app.command()
+def run(
+    study: Path = typer.Argument(..., help="Study YAML (ablations/*.yaml)"),
+    budget: Optional[str] = typer.Option(None, "--budget", help="Budget name [default: the study's default_budget]"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: auto, ray://HOST:10001, HOST:6379 [default: local Ray]"),
+    storage: Optional[str] = StorageOpt,
+    tracking_uri: Optional[str] = TrackingOpt,
+    name: Optional[str] = typer.Option(None, "--name", help="Run name (Tune experiment folder) [default: STUDY-BUDGET-TIMESTAMP]"),
+    shared_storage: bool = typer.Option(False, "--shared-storage", help="Assert that a local --storage path (and a SQLite tracking file) is on a filesystem every node mounts"),
+    set_: list[str] = typer.Option([], "--set", help="Override a trial parameter for every trial: key=value"),
+    no_report: bool = typer.Option(False, "--no-report", help="Skip the report at the end"),
+) -> None:
+    """Expand the study, run every trial on Ray Tune, log to MLflow, write the report."""
+    with user_errors():
+        from vaelab.studies import load_study
+
+        loaded = load_study(study, budget, overrides=parse_sets(set_) or None)
+        from vaelab.studies.runner import run_study
+
+        result = run_study(
+            loaded, budget, address=address, storage=storage, tracking_uri=tracking_uri, name=name,
+            shared_storage=shared_storage, report=not no_report, echo=_echo,
+        )
+    _exit_for(result)
+
+
+@app.command()
+def resume(
+    name: str = typer.Argument(..., help="The run name printed by `vaelab run`"),
+    storage: Optional[str] = StorageOpt,
+    tracking_uri: Optional[str] = TrackingOpt,
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster [default: local Ray]"),
+    shared_storage: bool = typer.Option(False, "--shared-storage"),
+    no_report: bool = typer.Option(False, "--no-report"),
+) -> None:
+    """Continue an interrupted study; finished trials are not rerun."""
+    with user_errors():
+        from vaelab.studies.runner import resume_study
+
+        result = resume_study(
+            name, storage, tracking_uri, address=address, shared_storage=shared_storage,
+            report=not no_report, echo=_echo,
+        )
+    _exit_for(result)
+
+
+def _echo(line: str) -> None:
+    typer.echo(line)
+
+
+def _exit_for(result: Any) -> None:
+    if result.interrupted:
+        raise typer.Exit(130)
+    if result.tune_errors:
+        typer.echo(f"{len(result.tune_errors)} trial(s) failed after retries:", err=True)
+        for line in result.tune_errors:
+            typer.echo(f"  {line}", err=True)
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- validate / ls
+
+
+@app.command()
+def validate(files: list[Path] = typer.Argument(..., help="Study or search-space YAML files")) -> None:
+    """Check study / search-space files without running anything."""
+    from vaelab.studies import validate_file
+
+    bad = 0
+    for path in files:
+        with user_errors():
+            errors = validate_file(path)
+        if errors:
+            bad += 1
+            for line in errors:
+                typer.echo(line, err=True)
+        else:
+            typer.echo(f"OK {path}")
+    if bad:
+        raise typer.Exit(USER_ERROR)
+
+
+@app.command("ls")
+def list_studies(
+    tracking_uri: Optional[str] = TrackingOpt,
+    ablations: Path = typer.Option(Path("ablations"), "--ablations", help="Folder of local study files"),
+) -> None:
+    """Studies recorded in MLflow, and the study files found locally."""
+    with user_errors():
+        uri = _tracking_uri(tracking_uri)
+        rows = _recorded_studies(uri)
+    if rows:
+        typer.echo(f"studies in {_redact(uri)}:")
+        typer.echo(_table(rows, ["study", "run_name", "status", "budget", "trials", "planned", "started"]))
+    else:
+        typer.echo(f"no studies recorded in {_redact(uri)}")
+    local = _local_studies(ablations)
+    if local:
+        typer.echo(f"\nstudy files in {ablations}/:")
+        typer.echo(_table(local, ["file", "name", "budgets", "search"]))
+
+
+def _recorded_studies(uri: str) -> list[dict[str, Any]]:
+    from vaelab.tracking import write
+
+    path = write.sqlite_path(uri)
+    if path is not None and not path.exists():
+        return []
+    return write.list_studies(uri)
+
+
+def _local_studies(folder: Path) -> list[dict[str, Any]]:
+    rows = []
+    for path in sorted(folder.glob("*.y*ml")):
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            data = None
+        data = data if isinstance(data, dict) else {}
+        search = data.get("search") if isinstance(data.get("search"), dict) else {}
+        rows.append({
+            "file": str(path),
+            "name": data.get("name", "?"),
+            "budgets": ",".join(data.get("budgets", {}) or {}) if isinstance(data.get("budgets"), dict) else "",
+            "search": search.get("mode", "grid"),
+        })
+    return rows
+
+
+# --------------------------------------------------------------------------- query
+
+_QUERY_METRICS = ("test_ll_iw", "test_elbo", "train_elbo", "kl_total", "active_units", "epoch", "wall_time_s")
+
+
+@app.command()
+def query(
+    filter_string: Optional[str] = typer.Argument(None, metavar="[FILTER]", help="MLflow search filter, e.g. \"params.depth = '2' and metrics.test_elbo > -90\""),
+    study: Optional[str] = typer.Option(None, "--study", help="Only this study (MLflow experiment)"),
+    fmt: Format = typer.Option(Format.table, "--format", help="table | csv | json | parquet"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write to this file instead of stdout (required for parquet)"),
+    tracking_uri: Optional[str] = TrackingOpt,
+) -> None:
+    """Trial runs matching a filter: trial_id, variant, status, params, final metrics."""
+    with user_errors():
+        from vaelab.tracking import write
+
+        uri = _tracking_uri(tracking_uri)
+        rows = write.search_trial_runs(uri, filter_string or "", study)
+    frame = query_frame(rows, wide=fmt is not Format.table)
+    if fmt is Format.parquet:
+        if out is None:
+            fail("--format parquet needs --out FILE")
+        frame.to_parquet(out, index=False)
+        typer.echo(f"{len(frame)} trial runs -> {out}", err=True)
+        return
+    text = _render(frame, fmt)
+    if out is not None:
+        out.write_text(text)
+        typer.echo(f"{len(frame)} trial runs -> {out}", err=True)
+    else:
+        typer.echo(text, nl=not text.endswith("\n"))
+
+
+def query_frame(rows: list[dict[str, Any]], wide: bool):
+    """One row per trial run; params typed. `wide`: every param and metric; else the
+    params that differ between the rows and the main final metrics."""
+    import pandas as pd
+
+    from vaelab.tracking.read import typed_params
+
+    records = []
+    for r in rows:
+        record = {k: r[k] for k in ("study", "trial_id", "trial_key", "variant", "status")}
+        record.update(typed_params(r["params"]))
+        record.update(r["metrics"])
+        record["run_id"] = r["run_id"]
+        records.append(record)
+    frame = pd.DataFrame.from_records(records)
+    if frame.empty or wide:
+        return frame
+    params = sorted({k for r in rows for k in r["params"]})
+    varying = [p for p in params if frame[p].astype(str).nunique(dropna=False) > 1]
+    metrics = [m for m in _QUERY_METRICS if m in frame.columns]
+    return frame[["study", "trial_id", "variant", "status", *varying, *metrics]]
+
+
+def _render(frame, fmt: Format) -> str:
+    if fmt is Format.csv:
+        return frame.to_csv(index=False)
+    if fmt is Format.json:
+        records = [{k: _json_value(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+        return json.dumps(records, indent=1) + "\n"
+    if frame.empty:
+        return "no matching trial runs"
+    return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):  # numpy scalars
+        return _json_value(value.item())
+    return value
+
+
+# --------------------------------------------------------------------------- train
+
+
+@app.command()
+def train(
+    set_: list[str] = typer.Option([], "--set", help="A trial parameter: key=value (repeatable)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Export the model and artifacts here"),
+) -> None:
+    """Train one trial without Ray or MLflow; the last stdout line is the final metrics as JSON."""
+    values = parse_sets(set_)
+    config = build_trial_config(values)
+    with user_errors():
+        final, status = _train(config, out)
+    typer.echo(json.dumps({**{k: _json_value(v) for k, v in final.items()}, "status": status}))
+
+
+def _train(config: Any, out: Optional[Path]) -> tuple[dict[str, Any], str]:
+    from vaelab.train import Trainer
+
+    trainer = Trainer([config])
+    final: dict[str, Any] = {}
+    status = "running"
+    for report in trainer.run():
+        final.update(report.metrics[0])
+        status = report.status[0]
+        typer.echo(_epoch_line(report.epoch, config.epochs, report.metrics[0], status), err=True)
+    status = "finished" if status == "running" else status
+    if out is not None:
+        paths = trainer.export_artifacts(0, out)
+        (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        typer.echo(f"artifacts: {', '.join(p.name for p in paths)}, config.yaml -> {out}", err=True)
+    return final, status
+
+
+def _epoch_line(epoch: int, epochs: int, m: dict[str, float], status: str) -> str:
+    parts = [f"epoch {epoch}/{epochs}", f"loss {m.get('train_loss', math.nan):.4g}", f"beta {m.get('beta', 0):.3g}"]
+    for key, label in (("test_elbo", "test_elbo"), ("test_ll_iw", "test_ll_iw"), ("kl_total", "kl"), ("active_units", "au")):
+        if key in m:
+            parts.append(f"{label} {m[key]:.4g}")
+    parts.append(f"{m.get('steps_per_s', 0):.0f} steps/s")
+    if status != "running":
+        parts.append(status)
+    return "  ".join(parts)
+
+
+# --------------------------------------------------------------------------- report
+
+
+@app.command()
+def report(
+    name: str = typer.Argument(..., help="Study name (the MLflow experiment)"),
+    tracking_uri: Optional[str] = TrackingOpt,
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: reports/NAME]"),
+) -> None:
+    """Regenerate a study's report (Parquet, tables, figures, HTML) from MLflow alone."""
+    with user_errors():
+        from vaelab.report.build import build_report
+
+        uri = _tracking_uri(tracking_uri)
+        result = build_report(name, uri, out or Path("reports") / name)
+    for warning in getattr(result, "warnings", []) or []:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(f"report: {getattr(result, 'out_dir', out)}")
+
+
+# --------------------------------------------------------------------------- data
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: str = typer.Argument(..., help="Dataset name (see `vaelab data ls`)"),
+    dest: Optional[Path] = typer.Option(None, "--dest", help="Folder [default: $VAELAB_DATA_DIR/NAME or ~/.vaelab/data/NAME]"),
+) -> None:
+    """Download a dataset and verify its checksums."""
+    with user_errors():
+        from vaelab import data
+
+        try:
+            where = data.fetch(name, dest, log=lambda line: typer.echo(line, err=True))
+        except ValueError as err:  # unknown dataset name
+            fail(str(err))
+    typer.echo(f"{name}: {where}")
+
+
+@data_app.command("ls")
+def data_ls() -> None:
+    """Known datasets, where they are looked for, and whether their files are there."""
+    with user_errors():
+        from vaelab import data
+
+        rows = data.list_datasets()
+    for row in rows:
+        row["missing"] = ",".join(row.get("missing") or []) or "-"
+    typer.echo(_table(rows, ["name", "status", "likelihood", "n_train", "n_test", "dir", "missing"]))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [columns] + [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _redact(uri: str) -> str:
+    from vaelab.tracking.write import redact_uri
+
+    return redact_uri(uri)
+
+
+def main() -> None:  # pragma: no cover - `python -m vaelab.cli`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
