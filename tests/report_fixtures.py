@@ -8,8 +8,8 @@
   vaelab.status, vaelab.node, vaelab.cohort; params = TrialConfig.to_params(); metrics per
   epoch with step = epoch; artifacts config.yaml, unit_kl.json, latents.npz,
   prior_samples.npz) for 3 variants x depth {2, 5} x seeds {0, 1}, plus one failed trial,
-  one diverged trial, two rho-sweep trials, and one trial that re-logs its last epoch (as a
-  retried trial does).
+  one diverged trial, two rho-sweep trials, one trial stopped early by ASHA, and one trial
+  that re-logs its last epoch (as a retried trial does).
 
 Final metric values follow simple formulas kept in `StudyFixture.finals`, so tests can
 compute table cells by hand. Imports only mlflow, numpy, yaml and vaelab.config.
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from vaelab.config import TrialConfig
@@ -85,7 +85,7 @@ class TrialPlan:
     variant: str
     depth: int
     seed: int
-    status: str = "finished"  # finished | failed | diverged
+    status: str = "finished"  # finished | failed | diverged | stopped
     rho: float = 1.0
     relog_last_epoch: bool = False
 
@@ -176,6 +176,7 @@ def study_plans() -> list[TrialPlan]:
     plans.append(TrialPlan(f"t{len(plans)}", "VAE", 2, 2, status="failed"))
     plans.append(TrialPlan(f"t{len(plans)}", "VAE", 2, 0, rho=0.5))
     plans.append(TrialPlan(f"t{len(plans)}", "VAE", 2, 0, rho=0.8))
+    plans.append(TrialPlan(f"t{len(plans)}", "VAE+BN", 2, 2, status="stopped"))  # ASHA
     return plans
 
 
@@ -233,7 +234,7 @@ def logged_finals(plan: TrialPlan) -> dict[str, float]:
 
 
 def _epochs(plan: TrialPlan) -> range:
-    return range(1, {"finished": EPOCHS, "diverged": 3, "failed": 1}[plan.status] + 1)
+    return range(1, {"finished": EPOCHS, "diverged": 3, "failed": 1, "stopped": 2}[plan.status] + 1)
 
 
 def _logged_epoch(plan: TrialPlan, epoch: int) -> dict[str, float]:

@@ -295,14 +295,16 @@ def test_paper_numbers_sit_beside_the_right_cells(report: ReportResult) -> None:
 
 
 def test_failed_and_diverged_are_counted_and_named(report: ReportResult) -> None:
-    assert report.status_counts == {"finished": 14, "diverged": 1, "failed": 1, "running": 0}
+    assert report.status_counts == {"finished": 14, "diverged": 1, "failed": 1, "stopped": 1, "running": 0}
+    assert _table(report, "ll_by_depth").cell("64-32", "VAE+BN").not_finished == (("stopped", 1),)
     ll = _table(report, "ll_by_depth")
     assert any(n.startswith("1 trial diverged") and "t12" in n for n in ll.notes)
     assert any(n.startswith("1 trial failed") and "t13" in n for n in ll.notes)
     for text in (report.tables_md.read_text(), report.index_html.read_text()):
         assert "1 trial diverged (not in n): t12" in text
         assert "1 trial failed (not in n): t13" in text
-        assert "16 trials: 14 finished, 1 diverged, 1 failed" in text
+        assert "1 trial stopped early (not in n): t16" in text
+        assert "17 trials: 14 finished, 1 diverged, 1 failed, 1 stopped" in text
 
 
 def test_header_shows_notes_budget_and_git_sha(report: ReportResult) -> None:

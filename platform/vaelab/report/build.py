@@ -48,7 +48,7 @@ class ReportResult:
     figures: dict[str, Path]  # name -> png written
     skipped_figures: dict[str, str]  # name -> why it was not drawn
     tables: list[TableResult]
-    status_counts: dict[str, int]  # finished / diverged / failed / running
+    status_counts: dict[str, int]  # finished / diverged / failed / stopped / running
     warnings: list[str] = field(default_factory=list)
 
 

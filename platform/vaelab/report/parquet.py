@@ -6,7 +6,7 @@
     trial_id       string   tag vaelab.trial_id
     mlflow_run_id  string
     variant        string   tag vaelab.variant as logged ("" when the trial has no label)
-    status         string   finished | failed | diverged | running
+    status         string   finished | diverged | failed | stopped | running
     cohort         string   tag vaelab.cohort (null when absent)
     node           string   tag vaelab.node (null when absent)
     <param>        every TrialConfig field, in declaration order, always present (null

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from vaelab.report.collect import StudyData
 
-STATUS_ORDER = ("finished", "diverged", "failed", "running")
+STATUS_ORDER = ("finished", "diverged", "failed", "stopped", "running")
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class Summary:
     spec_hash: str | None
     versions: str | None
     parent_run_id: str | None
+    study_status: str | None
     status_counts: dict[str, int]
     warnings: list[str] = field(default_factory=list)
 
@@ -39,7 +40,7 @@ class Summary:
             ("git SHA", self.git_sha or "unknown"),
             ("spec hash", self.spec_hash or "unknown"),
             ("versions", self.versions or "unknown"),
-            ("MLflow study run", self.parent_run_id or "none"),
+            ("MLflow study run", f"{self.parent_run_id or 'none'} ({self.study_status or 'status unknown'})"),
             ("trials", self.status_line()),
         ]
 
@@ -57,6 +58,7 @@ def summarize(data: StudyData) -> Summary:
         spec_hash=tags.get("vaelab.spec_hash"),
         versions=tags.get("vaelab.versions"),
         parent_run_id=data.record.parent.run_id if data.record.parent else None,
+        study_status=tags.get("vaelab.status"),
         status_counts=ordered,
         warnings=list(data.warnings),
     )

@@ -5,8 +5,9 @@ For a `TableSpec`, trials matching `where` are pivoted on its `rows` and `column
 or, for rows, `layer`, which reads `<value>_{i}` per layer plus a total row).
 
 - Only finished trials with a finite value are aggregated: mean, sample std (ddof=1,
-  shown for n >= 2) and n. Failed, diverged and still-running trials are never dropped
-  silently: each cell says how many it holds, and the table lists them by id.
+  shown for n >= 2) and n. Diverged, failed, early-stopped (ASHA) and still-running
+  trials are never dropped silently: each cell says how many it holds, and the table
+  lists them by id.
 - The best mean per row (by `better`) is marked bold when a row has two or more cells.
 - With `paper:` set, each cell carries the matching number of paper_results.csv (matched
   on the cell's variant label and latent_dims, and the metric; per-layer tables use
@@ -31,12 +32,12 @@ from vaelab.report.paper import format_paper, paper_value, total_metric
 from vaelab.report.spec import TableSpec
 
 TOTAL = "total"
-NOT_FINISHED = ("diverged", "failed", "running")
+NOT_FINISHED = ("diverged", "failed", "stopped", "running")  # shown in this order
 # params that never make two trials different experiments
 BOOKKEEPING_PARAMS = frozenset(
     {"seed", "data_dir", "device", "compile", "checkpoint_every", "eval_batch_size", "init_from"}
 )
-_STATUS_ORDER = {"diverged": 0, "failed": 1, "running": 2}
+_STATUS_ORDER = {status: k for k, status in enumerate(NOT_FINISHED)}
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def build_table(spec: TableSpec, trials: pd.DataFrame) -> TableResult:
     else:
         long = _plain_long(spec, subset)
     result = _pivot(spec, long)
-    result.notes = _notes(spec, subset, long)
+    result.notes = _notes(spec, subset, long) + _paper_notes(spec, result)
     return result
 
 
@@ -343,17 +344,20 @@ def _notes(spec: TableSpec, subset: pd.DataFrame, long: pd.DataFrame) -> list[st
 
 
 def _status_notes(spec: TableSpec, subset: pd.DataFrame) -> list[str]:
+    """'2 trials diverged (not in n): t3 (...); t9 (...)', one line per status."""
+    present = set(subset["status"]) - {"finished"}
     notes = []
-    for status in NOT_FINISHED:
+    for status in sorted(present, key=lambda s: (_STATUS_ORDER.get(s, len(_STATUS_ORDER)), s)):
         chosen = subset[subset["status"] == status]
-        if chosen.empty:
-            continue
-        verb = "is still running" if status == "running" else status
-        if len(chosen) > 1:
-            verb = "are still running" if status == "running" else status
+        several = len(chosen) > 1
+        if status == "running":
+            verb = "are still running" if several else "is still running"
+        elif status == "stopped":
+            verb = "stopped early"
+        else:
+            verb = status
         who = "; ".join(describe_trial(row, spec) for _, row in chosen.iterrows())
-        noun = "trial" if len(chosen) == 1 else "trials"
-        notes.append(f"{len(chosen)} {noun} {verb} (not in n): {who}")
+        notes.append(f"{len(chosen)} {'trials' if several else 'trial'} {verb} (not in n): {who}")
     return notes
 
 
@@ -363,6 +367,16 @@ def _missing_notes(spec: TableSpec, long: pd.DataFrame) -> list[str]:
         return []
     ids = sorted(set(finished["trial_id"]), key=order.natural_key)
     return [f"{len(ids)} finished trial(s) without a finite {spec.value}: {', '.join(ids)}"]
+
+
+def _paper_notes(spec: TableSpec, result: TableResult) -> list[str]:
+    if spec.paper is None or not result.cells or any(c.paper is not None for c in result.cells.values()):
+        return []
+    ref = spec.paper
+    return [
+        f"paper_results.csv has no {ref.source} {ref.table} {ref.dataset} {ref.metric} number for any "
+        "cell: check the variant labels (paper.variant_map maps ours to the paper's) and latent_dims"
+    ]
 
 
 def describe_trial(row: pd.Series, spec: TableSpec) -> str:

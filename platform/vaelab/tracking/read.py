@@ -47,7 +47,8 @@ STUDY_ROLE = "study"
 TRIAL_ROLE = "trial"
 STUDY_ARTIFACT = "study.yaml"
 TRIAL_ARTIFACTS = ("unit_kl.json", "latents.npz", "prior_samples.npz")
-TRIAL_STATUSES = ("finished", "failed", "diverged", "running")
+# `stopped`: ended early by a Tune scheduler (ASHA); like failed/diverged, not aggregated
+TRIAL_STATUSES = ("finished", "diverged", "failed", "stopped", "running")
 
 ParamKind = Literal["int", "float", "bool", "str", "dims"]
 
@@ -76,7 +77,7 @@ class TrialRun:
     run_id: str
     trial_id: str
     variant: str
-    status: str  # finished | failed | diverged | running
+    status: str  # finished | diverged | failed | stopped | running
     mlflow_status: str  # RUNNING | FINISHED | FAILED | KILLED | SCHEDULED
     params: dict[str, Any]
     metrics: dict[str, float]
@@ -322,13 +323,14 @@ def _trial_run(run: Run) -> TrialRun:
 
 
 def trial_status(tag: str | None, mlflow_status: str) -> str:
-    """finished / failed / diverged / running, from the vaelab.status tag and MLflow's status.
+    """finished / diverged / failed / stopped / running, from the vaelab.status tag and MLflow.
 
-    A terminal tag wins; otherwise a run MLflow marks FAILED or KILLED has failed (a worker
-    that died before it could tag), FINISHED is finished, anything else is still running.
+    A terminal tag wins (an unknown one is kept as written, so it is shown, not hidden);
+    otherwise a run MLflow marks FAILED or KILLED has failed (a worker that died before it
+    could tag), FINISHED is finished, anything else is still running.
     """
     tag = (tag or "").strip().lower()
-    if tag in ("finished", "failed", "diverged"):
+    if tag and tag != "running":
         return tag
     if mlflow_status in ("FAILED", "KILLED"):
         return "failed"
