@@ -409,7 +409,7 @@ def test_smoke_grid_has_eleven_trials_in_a_stable_order():
     assert [t.trial_key for t in trials] == [t.trial_key for t in expand_trials(load_study(REPO / "ablations/smoke.yaml"))]
     assert not [t for t in trials if t.config["inference"] == "lvae" and t.config["depth"] == 1]
     for trial in trials:
-        assert trial.config["epochs"] == 5 and trial.config["eval_iw"] == 50 and trial.config["eval_every"] == 1
+        assert trial.config["epochs"] == 30 and trial.config["eval_iw"] == 100 and trial.config["eval_every"] == 5
         assert trial.budget == "smoke" and len(trial.trial_id) == 12
 
 

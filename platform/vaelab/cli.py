@@ -94,9 +94,13 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
         if not sep or not key:
             fail(f"--set {item!r}: expected key=value")
         try:
-            values[key] = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as err:
             fail(f"--set {item!r}: value is not valid YAML ({err})")
+        # YAML 1.1 reads on/off/yes/no as booleans; `compile=off` means the string.
+        if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+            value = raw.strip()
+        values[key] = value
     return values
 
 

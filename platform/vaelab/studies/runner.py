@@ -546,34 +546,38 @@ def _error_line(trial: Any) -> str:
 def progress_line(
     trials: Sequence[Any], metric: str, mode: str, total: int, start: float, iters_at_start: dict[str, int]
 ) -> str:
-    """`[vaelab 0:01:23] 3/8 done · 2 running · 0 failed · 1 diverged · best test_ll_iw -85.31 · ETA 0:02:10`."""
+    """`[vaelab 0:01:23] 3/8 done · 2 running · 0 failed · 1 diverged · best test_ll_iw -85.31 · ETA 0:02:10`.
+
+    ETA: the work left (in trials; a running trial counts by its share of epochs done)
+    at the rate work was done so far in this session."""
     done = running = failed = diverged = 0
-    iters_done = iters_left = 0
+    work_done = 0.0  # this session, in trials
+    work_left = float(max(total - len(trials), 0))  # trials not even created yet
     best: Optional[float] = None
     for trial in trials:
         result = trial.last_result or {}
-        status = trial.status
         it = int(result.get("training_iteration", 0) or 0)
-        iters_at_start.setdefault(trial.trial_id, it)
-        epochs = _trial_epochs(trial.config)
-        if status == "TERMINATED":
+        first = iters_at_start.setdefault(trial.trial_id, it)
+        epochs = max(_trial_epochs(trial.config), 1)
+        if trial.status == "TERMINATED":
             done += 1
             diverged += result.get(STATUS_METRIC) == "diverged"
-        elif status == "ERROR":
+            work_done += 1.0 - min(first / epochs, 1.0)
+        elif trial.status == "ERROR":
             failed += 1
         else:
-            running += status == "RUNNING"
-            iters_left += max(epochs - it, 0)
-        iters_done += it - iters_at_start[trial.trial_id]
+            running += trial.status == "RUNNING"
+            work_done += max(it - first, 0) / epochs
+            work_left += 1.0 - min(it / epochs, 1.0)
         value = result.get(metric)
         if isinstance(value, (int, float)) and math.isfinite(value):
             better = best is None or (value > best if mode == "max" else value < best)
             best = value if better else best
-    pending = max(total - len(trials), 0)
-    if pending and trials:
-        iters_left += pending * _trial_epochs(trials[0].config)
     elapsed = time.monotonic() - start
-    eta = _clock(elapsed / iters_done * iters_left) if iters_done > 0 and iters_left else "?" if iters_left else "0:00:00"
+    if work_left <= 0:
+        eta = "0:00:00"
+    else:
+        eta = _clock(elapsed / work_done * work_left) if work_done > 0.05 else "?"
     parts = [f"{done}/{total} done", f"{running} running", f"{failed} failed"]
     if diverged:
         parts.append(f"{diverged} diverged")

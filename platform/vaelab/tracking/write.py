@@ -79,6 +79,11 @@ _PERMANENT_CODES = frozenset(
         "BAD_REQUEST",
     }
 )
+_TRANSIENT_CODES = frozenset(
+    {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED",
+     "ABORTED", "SERVICE_UNDER_MAINTENANCE", "COULD_NOT_ACQUIRE_LOCK", "IO_ERROR"}
+)
+_UNCLEAR_RETRY_S = 30.0  # e.g. INTERNAL_ERROR without a sign of contention
 _TRANSIENT_TEXT = re.compile(
     r"database is locked|database table is locked|busy|temporarily|timed out|timeout|"
     r"connection|reset by peer|broken pipe|too many requests|\b50[234]\b|\b429\b",
@@ -157,9 +162,7 @@ def is_transient(err: BaseException) -> bool:
     """Whether retrying the same call later may succeed."""
     if isinstance(err, MlflowException):
         code = getattr(err, "error_code", "") or ""
-        if code in _PERMANENT_CODES and not _TRANSIENT_TEXT.search(str(err)):
-            return False
-        return True
+        return code not in _PERMANENT_CODES or bool(_TRANSIENT_TEXT.search(str(err)))
     if isinstance(err, (ConnectionError, TimeoutError, sqlite3.OperationalError)):
         return True
     # SQLAlchemy / requests / urllib3 errors without importing them here.
@@ -186,7 +189,8 @@ def with_retry(
 
     A permanent error, or a transient one past the deadline, is raised.
     """
-    deadline = time.monotonic() + (retry_deadline_s() if deadline_s is None else deadline_s)
+    start = time.monotonic()
+    budget = retry_deadline_s() if deadline_s is None else deadline_s
     delay = first_delay_s
     attempt = 0
     while True:
@@ -194,12 +198,21 @@ def with_retry(
         try:
             return call()
         except Exception as err:  # noqa: BLE001 - classified below
-            if not is_transient(err) or time.monotonic() + delay > deadline:
+            # An unexplained server-side error gets a short budget: it is rarely transient.
+            limit = budget if _clearly_transient(err) else min(budget, _UNCLEAR_RETRY_S)
+            if not is_transient(err) or time.monotonic() + delay > start + limit:
                 raise
             if attempt in (3, 10, 30):
                 log.warning("MLflow %s: attempt %d failed (%s); retrying", what, attempt, _short(err))
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, max_delay_s)
+
+
+def _clearly_transient(err: BaseException) -> bool:
+    if isinstance(err, MlflowException):
+        code = getattr(err, "error_code", "") or ""
+        return code in _TRANSIENT_CODES or bool(_TRANSIENT_TEXT.search(str(err)))
+    return is_transient(err)
 
 
 def _short(err: BaseException) -> str:
