@@ -352,3 +352,13 @@ def test_gpu_training_matches_cpu_statistically():
     cpu = list(Trainer([tiny_config(device="cpu", epochs=3)], tiny_dataset()).run())[-1].metrics[0]
     gpu = list(Trainer([tiny_config(device="cuda", epochs=3, compile="auto")], tiny_dataset()).run())[-1].metrics[0]
     assert abs(cpu["test_elbo"] - gpu["test_elbo"]) < 2.0
+
+
+@pytest.mark.slow
+def test_compiled_loss_matches_eager():
+    """torch.compile of the step's loss (the GPU default) computes the same objective."""
+    eager = Trainer([tiny_config(batch_norm=True, inference="lvae", compile="off")], tiny_dataset())
+    compiled = Trainer([tiny_config(batch_norm=True, inference="lvae", compile="compile")], tiny_dataset())
+    batch = eager._batch(torch.arange(192).unsqueeze(0), 0)
+    torch.testing.assert_close(compiled.loss_fn(*batch, torch.ones(1)).loss,
+                               eager.loss_fn(*batch, torch.ones(1)).loss, rtol=1e-5, atol=1e-5)

@@ -66,7 +66,8 @@ def evaluate_iw(model: HierarchicalVAE, x: Tensor, k: int, generators: Sequence[
     """Mean L_K over x (M, D) -> (S,).
 
     The K samples of a batch of b examples are tiled along the row axis in chunks of
-    k_chunk samples (k_chunk * b <= max_rows rows per pass); each chunk's log-weights are
+    k_chunk samples (S * k_chunk * b <= max_rows rows per pass, so memory stays bounded
+    whatever the cohort size); each chunk's log-weights are
     reduced by logsumexp in fp32 and the chunks combined by a second logsumexp, so no
     Python loop runs over K single-sample passes.
     """
@@ -76,7 +77,7 @@ def evaluate_iw(model: HierarchicalVAE, x: Tensor, k: int, generators: Sequence[
     for start in range(0, x.shape[0], batch_size):
         xb = _expand(x[start:start + batch_size], members)  # (S, b, D)
         b = xb.shape[1]
-        k_chunk = max(1, min(k, max_rows // b))
+        k_chunk = max(1, min(k, max_rows // (b * members)))  # max_rows counts all members
         chunk_lse = []
         for done in range(0, k, k_chunk):
             kc = min(k_chunk, k - done)

@@ -17,6 +17,7 @@ import math
 import os
 import resource
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -148,7 +149,23 @@ class Trainer:
         if not use:
             return self._loss
         options = {"mode": "reduce-overhead"} if mode in ("cudagraphs", "auto") else {}
-        return torch.compile(self._loss, dynamic=False, **options)
+        compiled = torch.compile(self._loss, dynamic=False, **options)
+        if mode != "auto":
+            return compiled
+
+        def first_call(*args):
+            # `auto` must never cost a user their trial: if compilation fails on this
+            # machine, say so once and continue eagerly (the same math).
+            try:
+                out = compiled(*args)
+                self.loss_fn = compiled
+            except Exception as err:  # noqa: BLE001 - any compiler failure
+                warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); training eagerly")
+                self.loss_fn = self._loss
+                out = self._loss(*args)
+            return out
+
+        return first_call
 
     def _init_from(self, path: str) -> None:
         """Fine-tuning (ICML Table 1): every member starts from one exported model.pt."""
@@ -380,13 +397,3 @@ class Trainer:
                             image_shape=np.array(self.data.image_shape), **samples)
         return paths + [out / "latents.npz", out / "prior_samples.npz"]
 
-
-def fit(config: TrialConfig, log=None) -> dict[str, float | str]:
-    """Train one configuration to the end; return its final metrics (`vaelab train`)."""
-    trainer = Trainer([config])
-    final: dict[str, float] = {}
-    for report in trainer.run():
-        final = report.metrics[0] | {"status": report.status[0]}
-        if log is not None:
-            log(report)
-    return final
