@@ -202,3 +202,17 @@ def test_data_ls_lists_digits() -> None:
     result = invoke("data", "ls")
     assert result.exit_code == 0, result.output
     assert "digits" in result.output and "bundled" in result.output
+
+
+def test_run_with_missing_dataset_fails_before_any_trial(tmp_path: Path, write_study: Any) -> None:
+    study = write_study("nodata", """
+  axes:
+    lr: {grid: [1.0e-3, 2.0e-3]}
+budgets:
+  test: {epochs: 2}
+""", fixed={"dataset": "mnist", "data_dir": str(tmp_path / "empty")})
+    result = invoke("run", str(study), "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
+                    "--storage", str(tmp_path / "rr"))
+    assert result.exit_code == 2, result.output
+    assert "vaelab data fetch mnist" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "rr").exists()

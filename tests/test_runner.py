@@ -4,8 +4,8 @@ SQLite MLflow stores, real tiny trials on 8x8 digits.
 One small grid study runs once for the module (4 trials: three variants that train and
 one with lr = 1e6 that diverges for real; one worker is killed hard after its epoch-3
 checkpoint) and several tests read what it left in MLflow. The optuna study, the
-concurrent-writer test and the unit tests run on their own; so does killing the driver
-(`vaelab run` in a subprocess, SIGKILL) and `vaelab resume`.
+concurrent-writer test and the unit tests run on their own. Killing the driver (`vaelab run`
+in a subprocess, SIGKILL) and `vaelab resume` is marked slow (`make test-slow`).
 """
 
 from __future__ import annotations
@@ -376,6 +376,7 @@ checkpoint_every: 1
 """
 
 
+@pytest.mark.slow  # 25-60 s: a second Ray driver in a subprocess, killed and resumed
 def test_killed_driver_is_resumed_without_rerunning_finished_trials(
     tmp_path: Path, ray_local: Any, write_study: Any, tracking_uri: str
 ) -> None:
@@ -384,6 +385,7 @@ def test_killed_driver_is_resumed_without_rerunning_finished_trials(
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "PYTHONUNBUFFERED": "1"}
     common = ["--address", address, "--storage", str(tmp_path / "ray_results"), "--tracking-uri", tracking_uri,
               "--no-report"]
+    write.check_reachable(tracking_uri)  # the schema exists before this test's polling reads it
     log = open(tmp_path / "run.log", "w")
     proc = subprocess.Popen([*vaelab_command(), "run", str(study), "--name", "killme", *common],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -400,6 +400,78 @@ def report(
     typer.echo(f"report: {getattr(result, 'out_dir', out)}")
 
 
+# --------------------------------------------------------------------------- server
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@app.command()
+def server(
+    backend_store_uri: Optional[str] = typer.Option(
+        None, "--backend-store-uri", envvar="MLFLOW_BACKEND_STORE_URI", show_envvar=True,
+        help="Where runs live: postgresql://USER:PASSWORD@HOST:PORT/DB (or sqlite:///PATH). Prefer the "
+             "environment variable: a password on the command line shows in `ps`."),
+    artifacts_destination: str = typer.Option(
+        ..., "--artifacts-destination", help="Where the server stores artifacts: a directory or s3://BUCKET/PATH"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; other machines need the host's address"),
+    port: int = typer.Option(5000, "--port"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Server worker processes [default: MLflow's]"),
+    allowed_hosts: Optional[str] = typer.Option(None, "--allowed-hosts", help="Host headers accepted (MLflow's DNS-rebinding guard)"),
+) -> None:
+    """Run the MLflow tracking server a cluster's trials log to (execs `mlflow server`).
+
+    Binds 127.0.0.1 unless --host says otherwise; the backend store URI (with its password)
+    is handed to MLflow through the environment, never the command line."""
+    with user_errors():
+        argv, env = mlflow_server_command(backend_store_uri, artifacts_destination, host, port, workers,
+                                          allowed_hosts)
+    if host not in LOOPBACK_HOSTS:
+        typer.echo(f"warning: binding {host}: the MLflow server has no authentication of its own; "
+                   "allow only the cluster's machines (firewall, security group) or put it behind an "
+                   "authenticating proxy", err=True)
+    typer.echo(f"vaelab server: MLflow tracking server on http://{host}:{port} · backend "
+               f"{_redact(backend_store_uri or '')} · artifacts {argv[argv.index('--artifacts-destination') + 1]}",
+               err=True)
+    os.execvpe(argv[0], argv, env)
+
+
+def mlflow_server_command(
+    backend_store_uri: Optional[str], artifacts_destination: str, host: str = "127.0.0.1", port: int = 5000,
+    workers: Optional[int] = None, allowed_hosts: Optional[str] = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The `mlflow server` command line and environment `vaelab server` execs."""
+    from vaelab.errors import VaelabError
+
+    if not backend_store_uri:
+        raise VaelabError("--backend-store-uri (or MLFLOW_BACKEND_STORE_URI) is required, e.g. "
+                          "postgresql://USER:PASSWORD@HOST:5432/mlflow")
+    if "://" not in backend_store_uri:
+        raise VaelabError(f"backend store {_redact(backend_store_uri)!r} is a plain path (MLflow's file "
+                          "store, deprecated); use postgresql://... or sqlite:///PATH")
+    if backend_store_uri.startswith("postgresql://") and not _importable("psycopg") and _importable("psycopg2"):
+        # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; vaelab's dev extras ship psycopg2.
+        raise VaelabError("postgresql:// selects the psycopg (3) driver, which is not installed; write "
+                          "postgresql+psycopg2://... (psycopg2 is) or pip install 'psycopg[binary]'")
+    if "://" not in artifacts_destination:
+        artifacts_destination = str(Path(artifacts_destination).expanduser().resolve())
+    argv = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
+            "--artifacts-destination", artifacts_destination, "--serve-artifacts"]
+    if workers:
+        argv += ["--workers", str(workers)]
+    if allowed_hosts:
+        argv += ["--allowed-hosts", allowed_hosts]
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": backend_store_uri}
+    # MLflow's job runner (GenAI scorers: eight more processes) has nothing to do for vaelab.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    return argv, env
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 # --------------------------------------------------------------------------- data
 
 

@@ -46,15 +46,18 @@ PARAMS_KEY = "params"  # optuna: the sampled point (axis -> value; a bundled axi
 SIDECAR = "vaelab_study.json"  # in the Tune experiment directory: what `resume` needs
 CHECKPOINT_FILE = "checkpoint.pt"
 STATUS_METRIC = "vaelab_status"  # in Tune results: running | finished | diverged
+METRICS_SENT = "vaelab_metrics_sent"  # in Tune results: metric values sent to MLflow that epoch
 # Fault injection for tests only: the trial process exits hard after reporting a
 # checkpoint at epoch >= VAELAB_TEST_KILL_AT_EPOCH, once (the marker file records it).
 KILL_EPOCH_ENV = "VAELAB_TEST_KILL_AT_EPOCH"
 KILL_MARKER_ENV = "VAELAB_TEST_KILL_MARKER"
-# Environment variables a trial needs from the driver (never logged).
-FORWARDED_ENV = ("VAELAB_DATA_DIR", "VAELAB_TRACKING_RETRY_S", "MLFLOW_TRACKING_USERNAME",
-                 "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS",
-                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
-                 "MLFLOW_S3_ENDPOINT_URL", "GOOGLE_APPLICATION_CREDENTIALS")
+# Settings a trial needs from the driver, sent with the job's runtime_env. Credentials
+# (MLFLOW_TRACKING_PASSWORD, AWS_*) are deliberately not: Ray keeps a job's runtime_env in
+# its metadata. A local Ray inherits them from the driver's environment; on a cluster they
+# belong in the nodes' environment (or the runtime_env of `ray job submit`).
+FORWARDED_ENV = ("VAELAB_DATA_DIR", "VAELAB_TRACKING_RETRY_S", "MLFLOW_TRACKING_INSECURE_TLS",
+                 "MLFLOW_S3_ENDPOINT_URL")
+TAG_RAY_NODE = "vaelab.ray_node_id"  # beside vaelab.node (hostname/ip): the node a trial last ran on
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "az://", "hdfs://")
 
 
@@ -119,7 +122,7 @@ def plan_from_study(study: Any, budget: Optional[str] = None) -> LaunchPlan:
     if budget != study.budget:
         study = study.with_budget(budget)
     search = study.search
-    metric = search.metric or "test_ll_iw"
+    metric = search.metric or "test_elbo"  # evaluated every eval_every epochs: a live "best so far"
     mode = search.direction or ("min" if metric.endswith("loss") else "max")
     budget_params = study.budget_params(budget)
     cohorts: list[list[Member]] = []
@@ -279,8 +282,12 @@ def cohort_trainable(config: dict[str, Any]) -> None:
         tune.report({ctx["metric"]: math.nan, STATUS_METRIC: "invalid"})
         return
     configs = [trial_config(m.config) for m in members]
-    trainer = Trainer(configs)
-    resumed_epoch = _restore(trainer, tune.get_checkpoint())
+    try:
+        trainer = Trainer(configs)
+        resumed_epoch = _restore(trainer, tune.get_checkpoint())
+    except Exception as err:
+        _record_start_failure(ctx, members, configs, cohort_id, err)
+        raise
     runs = _open_runs(ctx, members, configs, trainer, cohort_id, resumed_epoch)
     every = int(ctx.get("checkpoint_every") or configs[0].checkpoint_every)
     latest: dict[str, Any] = {}
@@ -291,11 +298,12 @@ def cohort_trainable(config: dict[str, Any]) -> None:
             _close_runs(runs, trainer, members, configs)
             return
         for report in trainer.run():
-            _log_report(runs, report, configs)
+            sent = _log_report(runs, report, configs)
             if report.is_last:
                 _close_runs(runs, trainer, members, configs)
             latest.update(report.metrics[0])
             payload = _tune_metrics(latest, report, ctx.get("metric"))
+            payload[METRICS_SENT] = sent  # this epoch, all members: what MLflow must hold
             due = report.is_last or report.epoch % every == 0
             _report(tune, trainer, payload, checkpoint=due)
             _maybe_inject_fault(ctx, report.epoch, due and not report.is_last)
@@ -351,11 +359,35 @@ def _open_runs(
                 tracking.TAG_COHORT: cohort_id,
                 tracking.TAG_RUN_NAME: ctx["run_name"],
                 "vaelab.resumed_from_epoch": resumed_epoch,
+                TAG_RAY_NODE: _ray_node_id(),
             },
             node=node,
         )
+        if run.last_step > resumed_epoch:
+            # Epochs after the checkpoint were logged by the lost attempt; they are trained
+            # again but not logged twice (MLflow keeps the first values).
+            run.set_tags({"vaelab.relogged_epochs_skipped": f"{resumed_epoch + 1}-{run.last_step}"})
         runs.append(run)
     return runs
+
+
+def _record_start_failure(
+    ctx: Mapping[str, Any], members: Sequence[Member], configs: Sequence[Any], cohort_id: str, err: Exception
+) -> None:
+    """A trial that cannot even start (missing data, bad checkpoint) still gets its runs,
+    marked failed with the reason, so the study's record shows it."""
+    try:
+        info = _run_info(ctx)
+        for member, cfg in zip(members, configs):
+            run = tracking.TrialRun.open(
+                info, member.trial_id, run_name=member.trial_key, params=cfg.to_params(),
+                tags={tracking.TAG_VARIANT: member.variant, tracking.TAG_TRIAL_KEY: member.trial_key,
+                      tracking.TAG_COHORT: cohort_id, tracking.TAG_RUN_NAME: ctx["run_name"]},
+                node=_node(),
+            )
+            run.finish("failed", {"vaelab.error": f"{type(err).__name__}: {err}"[:4000]})
+    except Exception as record_err:  # noqa: BLE001 - the original error is the one to raise
+        log.warning("could not record the failure in MLflow: %s", record_err)
 
 
 def _run_info(ctx: Mapping[str, Any]) -> tracking.StudyRunInfo:
@@ -368,6 +400,16 @@ def _run_info(ctx: Mapping[str, Any]) -> tracking.StudyRunInfo:
         parent_run_id=ctx["parent_run_id"],
         study=ctx["study"],
     )
+
+
+def _ray_node_id() -> str:
+    """The Ray node this trial runs on (hostname/ip can repeat: several nodes on one host)."""
+    import ray
+
+    try:
+        return ray.get_runtime_context().get_node_id() or ""
+    except Exception:  # noqa: BLE001 - outside a Ray worker
+        return ""
 
 
 def _node() -> str:
@@ -384,16 +426,21 @@ def _node() -> str:
 
 def _log_report(
     runs: list[Optional[tracking.TrialRun]], report: "EpochReport", configs: Sequence[Any]
-) -> None:
-    """One batch per member for this epoch; a member that just diverged is closed as such."""
+) -> int:
+    """One batch per member for this epoch; a member that just diverged is closed as such.
+
+    Returns how many metric values were sent (0 for an epoch an earlier attempt logged)."""
+    sent = 0
     for s, run in enumerate(runs):
         if run is None:
             continue
-        run.log_epoch(report.epoch, report.metrics[s])
+        if run.log_epoch(report.epoch, report.metrics[s]):
+            sent += len(tracking.to_metrics(report.metrics[s], step=report.epoch, timestamp_ms=0))
         if report.status[s] == "diverged":
             run.log_text(_config_yaml(configs[s]), "config.yaml")
             run.finish("diverged", {"vaelab.diverged_epoch": report.epoch})
             runs[s] = None
+    return sent
 
 
 def _close_runs(
@@ -535,12 +582,21 @@ def _error_line(trial: Any) -> str:
     except Exception:  # noqa: BLE001 - a message is all we want
         error = None
     if error is None:
-        return "unknown error"
+        return _error_file_line(trial) or "its worker process died"
     text = str(error).strip()
     # Ray wraps the cause; its most useful line is usually the last non-empty one
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     head = next((ln for ln in lines if "actor died" in ln.lower() or "Error" in ln), lines[-1] if lines else "")
     return f"{type(error).__name__}: {head[:200]}"
+
+
+def _error_file_line(trial: Any) -> str:
+    try:
+        text = Path(trial.error_file).read_text() if trial.error_file else ""
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else ""
 
 
 def progress_line(
@@ -607,7 +663,10 @@ def connect_ray(
     """Start a local Ray in-process (address None/"local") or join a cluster.
 
     Returns whether this call started Ray (then the caller shuts it down). The tracking URI
-    reaches every worker as MLFLOW_TRACKING_URI through the job's runtime_env.
+    reaches every worker as MLFLOW_TRACKING_URI through the job's runtime_env. A local Ray
+    binds 127.0.0.1 only (every node address, and the dashboard, which is not started);
+    inside `ray job submit`, settings the job's own runtime_env already carries are left
+    to it (Ray refuses to merge two values of one variable).
     """
     local = address in (None, "", "local")
     if local:
@@ -619,21 +678,72 @@ def connect_ray(
         return False
     env_vars = {"MLFLOW_TRACKING_URI": tracking_uri}
     env_vars.update({k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)})
+    env_vars = _without_job_env_vars(env_vars)
     kwargs: dict[str, Any] = dict(
         include_dashboard=False,
-        runtime_env={"env_vars": env_vars},
         log_to_driver=os.environ.get("VAELAB_RAY_LOG_TO_DRIVER", "0") == "1",
         configure_logging=True,
         logging_level=logging.WARNING,
     )
+    if env_vars:
+        kwargs["runtime_env"] = {"env_vars": env_vars}
     if local:
-        kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count() or 1)
+        kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count() or 1, dashboard_host="127.0.0.1")
         if num_gpus is not None:
             kwargs["num_gpus"] = num_gpus
     else:
         kwargs["address"] = address
     ray.init(**kwargs)
     return True
+
+
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver of a submitted job
+
+
+def job_runtime_env() -> Optional[dict[str, Any]]:
+    """The runtime_env of the `ray job submit` this process is the driver of, else None."""
+    raw = os.environ.get(JOB_CONFIG_ENV)
+    if not raw:
+        return None
+    try:
+        return dict(json.loads(raw).get("runtime_env") or {})
+    except (ValueError, AttributeError):
+        return None
+
+
+def _without_job_env_vars(env_vars: Mapping[str, str]) -> dict[str, str]:
+    """`env_vars` less those the submitted job's runtime_env sets already (those reach the
+    workers anyway). A tracking URI that differs from the job's is an error: the trials
+    would log somewhere else than the driver."""
+    job_env = (job_runtime_env() or {}).get("env_vars") or {}
+    out = {}
+    for key, value in env_vars.items():
+        if key not in job_env:
+            out[key] = value
+        elif key == "MLFLOW_TRACKING_URI" and tracking.resolve_tracking_uri(job_env[key]) != value:
+            raise RunnerError(
+                f"--tracking-uri {tracking.redact_uri(value)} differs from MLFLOW_TRACKING_URI="
+                f"{tracking.redact_uri(job_env[key])} in the job's runtime_env: the trials would log "
+                "elsewhere; pass one of them"
+            )
+    return out
+
+
+def check_job_paths(storage: str, tracking_uri: str) -> None:
+    """Under `ray job submit --working-dir`, the driver runs in a temporary copy of that
+    directory which Ray deletes: a relative --storage or SQLite path would vanish with it."""
+    if not (job_runtime_env() or {}).get("working_dir"):
+        return
+    cwd = Path.cwd().resolve()
+    for what, path in (("storage", None if is_remote_storage(storage) else Path(storage)),
+                       ("SQLite tracking database", tracking.sqlite_path(tracking_uri))):
+        if path is not None and (path == cwd or cwd in path.parents):
+            raise RunnerError(
+                f"{what} {path} lies in the job's temporary working directory (ray job submit "
+                "--working-dir), which Ray deletes when the job ends: pass an absolute path every "
+                "node sees (--storage /shared/ray_results --shared-storage), s3://..., or an MLflow "
+                "server (--tracking-uri http://HOST:PORT)"
+            )
 
 
 def shutdown_ray() -> None:
@@ -928,8 +1038,9 @@ def run_study(
     plan = study if isinstance(study, LaunchPlan) else plan_from_study(study, budget)
     if plan.n_trials == 0:
         raise RunnerError(f"study {plan.study!r} has no trials to run")
-    uri = tracking.check_reachable(tracking_uri or tracking.resolve_tracking_uri(None))
     storage_uri = resolve_storage(storage)
+    check_job_paths(storage_uri, tracking.resolve_tracking_uri(tracking_uri))
+    uri = tracking.check_reachable(tracking_uri or tracking.resolve_tracking_uri(None))
     run_name = name or default_run_name(plan)
     experiment_path = _join(storage_uri, run_name)
     if _exists(experiment_path):
@@ -938,6 +1049,8 @@ def run_study(
             "or choose another --name"
         )
     plan = _with_absolute_paths(plan, Path.cwd())
+    if address in (None, "", "local"):
+        check_datasets(plan)  # on a cluster the data lives on the workers' machines
     started = connect_ray(address, uri)
     try:
         check_cluster_storage(address, storage_uri, uri, shared_storage)
@@ -1012,29 +1125,62 @@ def resume_study(
 
 
 def _fit(tuner: Any) -> tuple[Any, bool]:
-    """Tuner.fit(). Tune turns SIGINT (Ctrl-C) and SIGUSR1 into a saved, resumable stop;
-    SIGTERM is routed to the same path. Interrupted = some trial neither ended nor errored."""
+    """Tuner.fit(), returning (results, interrupted).
+
+    Ctrl-C (SIGINT) and SIGTERM stop the study gracefully and resumably: they are turned
+    into SIGUSR1, on which Tune saves its experiment state and stops the trials. A second
+    Ctrl-C aborts at once. Tune's own SIGINT handler is switched off because it leaves no
+    trace of the interruption in the ResultGrid."""
     # Ray's own console output is replaced by the progress callback's lines; a trial's
     # traceback stays in its error.txt (the callback prints where).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    previous = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
+    interrupted = {"flag": False}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if interrupted["flag"] or signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            raise KeyboardInterrupt
+        interrupted["flag"] = True
+        print("[vaelab] stopping: saving the experiment state (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    in_main = threading.current_thread() is threading.main_thread()
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    saved_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    if in_main:
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        for sig in saved:
+            signal.signal(sig, on_signal)
     try:
         results = tuner.fit()
     finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, previous)
-    interrupted = results.num_terminated + results.num_errors < len(results)
-    return results, interrupted
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        if saved_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = saved_env
+    unfinished = results.num_terminated + results.num_errors < len(results)
+    return results, interrupted["flag"] or unfinished
 
 
 def default_run_name(plan: LaunchPlan) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     budget = f"-{plan.budget}" if plan.budget else ""
     return f"{plan.study}{budget}-{stamp}"
+
+
+def check_datasets(plan: LaunchPlan) -> None:
+    """Every dataset the trials read is present (and passes its checksum) before any trial
+    starts: a missing file would otherwise fail every trial max_failures + 1 times."""
+    from vaelab import data
+
+    wanted = {(m.config.get("dataset", "mnist"), m.config.get("data_dir")) for c in plan.cohorts for m in c}
+    for name, data_dir in sorted(wanted, key=str):
+        if "missing" in data.verify(name, data_dir).values():
+            data.load_arrays(name, data_dir)  # raises MissingDataError: which files, and how to fetch them
 
 
 def _with_absolute_paths(plan: LaunchPlan, base: Path) -> LaunchPlan:

@@ -26,10 +26,11 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
@@ -234,17 +235,35 @@ def check_reachable(tracking_uri: str, timeout_s: float = 10.0) -> str:
     path = sqlite_path(uri)
     if path is not None:
         _prepare_sqlite(path)
-    elif uri.startswith(("http://", "https://")):
+        # Creating the schema of a fresh file is a migration: two processes doing it at
+        # once corrupt it. vaelab processes take turns; trials only start after this.
+        with _file_lock(path.parent / f"{path.name}-init.lock"):
+            _connect(uri, timeout_s)
+        return uri
+    if uri.startswith(("http://", "https://")):
         _check_http(uri, timeout_s)
+    _connect(uri, timeout_s)
+    return uri
+
+
+def _connect(uri: str, timeout_s: float) -> None:
     try:
-        with_retry(
-            lambda: MlflowClient(uri).search_experiments(max_results=1),
-            "connect",
-            deadline_s=timeout_s,
-        )
+        with_retry(lambda: MlflowClient(uri).search_experiments(max_results=1), "connect", deadline_s=timeout_s)
     except Exception as err:  # noqa: BLE001 - any failure means unusable
         raise TrackingError(f"MLflow tracking store {redact_uri(uri)} is not usable: {_short(err)}") from err
-    return uri
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (POSIX flock) held for the block."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _prepare_sqlite(path: Path) -> None:
