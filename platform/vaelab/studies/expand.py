@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from vaelab.config import COHORT_VARYING, TrialConfig, trial_config
 from vaelab.errors import SpecError, SpecErrors, format_value
 from vaelab.studies.schema import (
+    plain_values,
     ANNEAL_KEYS,
     LABEL_KEY,
     PARAM_FIELDS,
@@ -613,8 +614,8 @@ def resolved_dict(study: Study) -> dict[str, Any]:
         "name": study.name,
         "description": study.description,
         "search_space": study.search_space.to_dict(),
-        "overrides": _plain(study.overrides),
-        "budgets": {budget: _plain(study.budgets[budget])},
+        "overrides": plain_values(study.overrides),
+        "budgets": {budget: plain_values(study.budgets[budget])},
         "default_budget": budget,
         "seeds": list(study.seeds),
         "search": study.search.model_dump(mode="json"),
@@ -650,10 +651,3 @@ def spec_hash(study: Study) -> str:
     blob = json.dumps(resolved_dict(study), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

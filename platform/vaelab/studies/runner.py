@@ -1038,6 +1038,7 @@ def run_study(
     plan = study if isinstance(study, LaunchPlan) else plan_from_study(study, budget)
     if plan.n_trials == 0:
         raise RunnerError(f"study {plan.study!r} has no trials to run")
+    cwd = Path.cwd()  # before ray.init: see _keep_a_working_directory
     storage_uri = resolve_storage(storage)
     check_job_paths(storage_uri, tracking.resolve_tracking_uri(tracking_uri))
     uri = tracking.check_reachable(tracking_uri or tracking.resolve_tracking_uri(None))
@@ -1048,10 +1049,11 @@ def run_study(
             f"{experiment_path} already exists: continue it with `vaelab resume {run_name}` "
             "or choose another --name"
         )
-    plan = _with_absolute_paths(plan, Path.cwd())
+    plan = _with_absolute_paths(plan, cwd)
     if address in (None, "", "local"):
         check_datasets(plan)  # on a cluster the data lives on the workers' machines
     started = connect_ray(address, uri)
+    _keep_a_working_directory()
     try:
         check_cluster_storage(address, storage_uri, uri, shared_storage)
         info = tracking.start_study_run(
@@ -1061,7 +1063,7 @@ def run_study(
                   "vaelab.search": "optuna" if plan.optuna else "grid",
                   "vaelab.trials_planned": str(plan.n_trials)},
         )
-        ctx = _context(plan, info, run_name, uri)
+        ctx = _context(plan, info, run_name, uri, cwd)
         write_sidecar(experiment_path, _sidecar(plan, info, run_name, uri))
         echo(f"study {plan.study} · budget {plan.budget or '-'} · {plan.n_trials} trials · "
              f"run {run_name} · storage {experiment_path} · tracking {tracking.redact_uri(uri)}")
@@ -1075,7 +1077,8 @@ def run_study(
         )
         results, interrupted = _fit(tuner)
         result = _conclude(results, info, run_name, experiment_path, plan.metric, build_report=report,
-                           report_dir=report_dir, interrupted=interrupted, echo=echo)
+                           report_dir=report_dir or cwd / "reports" / plan.study, interrupted=interrupted,
+                           echo=echo)
         if interrupted:
             echo(f"interrupted: continue with `vaelab resume {run_name}`")
         return result
@@ -1103,7 +1106,9 @@ def resume_study(
     meta = read_sidecar(experiment_path)
     uri = _resume_tracking_uri(meta, tracking_uri)
     uri = tracking.check_reachable(uri)
+    report_dir = report_dir or Path.cwd() / "reports" / meta["study"]
     started = connect_ray(address, uri)
+    _keep_a_working_directory()
     try:
         check_cluster_storage(address, storage_uri, uri, shared_storage)
         from ray import tune
@@ -1166,6 +1171,18 @@ def _fit(tuner: Any) -> tuple[Any, bool]:
     return results, interrupted["flag"] or unfinished
 
 
+def _keep_a_working_directory() -> None:
+    """Ray 2.60 can delete the working directory of a `ray job submit --working-dir` driver
+    once that driver connects (seen on the first job of a fresh cluster): every path vaelab
+    needs is absolute by now, but Tune itself calls os.getcwd(). Move somewhere that exists."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        os.chdir(tempfile.gettempdir())
+        log.warning("the job's working directory was deleted under the driver; continuing in %s",
+                    tempfile.gettempdir())
+
+
 def default_run_name(plan: LaunchPlan) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     budget = f"-{plan.budget}" if plan.budget else ""
@@ -1188,12 +1205,12 @@ def _with_absolute_paths(plan: LaunchPlan, base: Path) -> LaunchPlan:
     return dataclasses.replace(plan, cohorts=cohorts)
 
 
-def _context(plan: LaunchPlan, info: tracking.StudyRunInfo, run_name: str, uri: str) -> dict[str, Any]:
+def _context(plan: LaunchPlan, info: tracking.StudyRunInfo, run_name: str, uri: str, cwd: Path) -> dict[str, Any]:
     return {
         "study": plan.study,
         "budget": plan.budget,
         "run_name": run_name,
-        "cwd": str(Path.cwd()),
+        "cwd": str(cwd),
         "epochs": plan.optuna.epochs if plan.optuna else None,
         "checkpoint_every": plan.checkpoint_every,
         "study_yaml": plan.study_yaml if plan.optuna else None,

@@ -231,7 +231,7 @@ class AxisSpec(_Strict):
         return self.kind in SAMPLED_KINDS
 
     def to_dict(self) -> dict[str, list[Any]]:
-        return {self.kind: _plain(self.values)}
+        return {self.kind: plain_values(self.values)}
 
 
 class SearchSpaceSpec(_Strict):
@@ -255,9 +255,9 @@ class SearchSpaceSpec(_Strict):
         return {
             "name": self.name,
             "description": self.description,
-            "fixed": _plain(self.fixed),
+            "fixed": plain_values(self.fixed),
             "axes": {name: axis.to_dict() for name, axis in self.axes.items()},
-            "exclude": _plain(self.exclude),
+            "exclude": plain_values(self.exclude),
         }
 
 
@@ -407,12 +407,12 @@ def format_scalar(value: Any) -> str:
     return str(value)
 
 
-def _plain(value: Any) -> Any:
+def plain_values(value: Any) -> Any:
     """Tuples to lists (recursively), so dumps are plain YAML/JSON."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_values(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_values(v) for v in value]
     return value
 
 
