@@ -1038,7 +1038,7 @@ def run_study(
     plan = study if isinstance(study, LaunchPlan) else plan_from_study(study, budget)
     if plan.n_trials == 0:
         raise RunnerError(f"study {plan.study!r} has no trials to run")
-    cwd = Path.cwd()  # before ray.init: see _keep_a_working_directory
+    cwd = Path.cwd()  # before ray.init: see _leave_job_working_directory
     storage_uri = resolve_storage(storage)
     check_job_paths(storage_uri, tracking.resolve_tracking_uri(tracking_uri))
     uri = tracking.check_reachable(tracking_uri or tracking.resolve_tracking_uri(None))
@@ -1052,8 +1052,8 @@ def run_study(
     plan = _with_absolute_paths(plan, cwd)
     if address in (None, "", "local"):
         check_datasets(plan)  # on a cluster the data lives on the workers' machines
+    _leave_job_working_directory()
     started = connect_ray(address, uri)
-    _keep_a_working_directory()
     try:
         check_cluster_storage(address, storage_uri, uri, shared_storage)
         info = tracking.start_study_run(
@@ -1107,8 +1107,8 @@ def resume_study(
     uri = _resume_tracking_uri(meta, tracking_uri)
     uri = tracking.check_reachable(uri)
     report_dir = report_dir or Path.cwd() / "reports" / meta["study"]
+    _leave_job_working_directory()
     started = connect_ray(address, uri)
-    _keep_a_working_directory()
     try:
         check_cluster_storage(address, storage_uri, uri, shared_storage)
         from ray import tune
@@ -1171,16 +1171,13 @@ def _fit(tuner: Any) -> tuple[Any, bool]:
     return results, interrupted["flag"] or unfinished
 
 
-def _keep_a_working_directory() -> None:
-    """Ray 2.60 can delete the working directory of a `ray job submit --working-dir` driver
-    once that driver connects (seen on the first job of a fresh cluster): every path vaelab
-    needs is absolute by now, but Tune itself calls os.getcwd(). Move somewhere that exists."""
-    try:
-        os.getcwd()
-    except FileNotFoundError:
+def _leave_job_working_directory() -> None:
+    """The driver of `ray job submit --working-dir` runs in Ray's unpacked copy of that
+    directory, and Ray 2.60 may delete it while the driver still runs (seen on the first
+    job of a fresh multi-node cluster, seconds after ray.init). Every path vaelab needs is
+    absolute by now; Tune and native libraries still call getcwd(), so move out first."""
+    if (job_runtime_env() or {}).get("working_dir"):
         os.chdir(tempfile.gettempdir())
-        log.warning("the job's working directory was deleted under the driver; continuing in %s",
-                    tempfile.gettempdir())
 
 
 def default_run_name(plan: LaunchPlan) -> str:

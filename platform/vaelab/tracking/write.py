@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
@@ -42,6 +42,10 @@ from vaelab.errors import VaelabError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# MLflow prints "View run ... at: <tracking URI>/#/..." to stdout whenever a run ends on a
+# server: noise from every trial, and a leak when the URI carries credentials.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ROLE_STUDY = "study"
@@ -217,8 +221,31 @@ def _clearly_transient(err: BaseException) -> bool:
 
 
 def _short(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
+    text = scrub(str(err)).strip().splitlines()
     return f"{type(err).__name__}: {text[0][:200] if text else ''}"
+
+
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
+
+
+def scrub(text: str) -> str:
+    """`text` with any user:password@ of a URL in it replaced by ***@ (error messages quote URLs)."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
+def client_for(tracking_uri: str) -> MlflowClient:
+    """An MlflowClient for `tracking_uri`. Credentials in an http(s) URI move to MLflow's own
+    environment variables (MLFLOW_TRACKING_USERNAME / _PASSWORD, unless already set) and the
+    client gets the URI without them: MLflow quotes its URI in messages and run links."""
+    parts = urlsplit(tracking_uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return MlflowClient(tracking_uri)
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(user))
+    if password:
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(password))
+    return MlflowClient(urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment)))
 
 
 # --------------------------------------------------------------------------- store set-up
@@ -248,9 +275,30 @@ def check_reachable(tracking_uri: str, timeout_s: float = 10.0) -> str:
 
 def _connect(uri: str, timeout_s: float) -> None:
     try:
-        with_retry(lambda: MlflowClient(uri).search_experiments(max_results=1), "connect", deadline_s=timeout_s)
+        with _bounded_http(timeout_s):
+            with_retry(lambda: client_for(uri).search_experiments(max_results=1), "connect", deadline_s=timeout_s)
     except Exception as err:  # noqa: BLE001 - any failure means unusable
         raise TrackingError(f"MLflow tracking store {redact_uri(uri)} is not usable: {_short(err)}") from err
+
+
+@contextmanager
+def _bounded_http(timeout_s: float) -> Iterator[None]:
+    """MLflow's own HTTP retries off, and its request timeout bounded, for the block.
+
+    A server that answers 500 (its database is down) would otherwise keep one request in
+    MLflow's retry loop (7 retries, exponential backoff) for minutes: the check before any
+    trial starts must fail in seconds. MLflow reads these variables on every request."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(timeout_s)))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @contextmanager
@@ -454,7 +502,7 @@ def start_study_run(
 ) -> StudyRunInfo:
     """Create the study's parent run: provenance tags, `study.yaml` artifact."""
     uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
+    client = client_for(uri)
     experiment_id = get_or_create_experiment(client, study, uri)
     versions = library_versions()
     all_tags = {
@@ -480,7 +528,7 @@ def start_study_run(
 def find_study_run(tracking_uri: str, study: str, run_name: str) -> Optional[StudyRunInfo]:
     """The parent run of study `study` launched under `run_name`, if any."""
     uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
+    client = client_for(uri)
     exp = with_retry(lambda: client.get_experiment_by_name(study), "get experiment")
     if exp is None:
         return None
@@ -490,14 +538,14 @@ def find_study_run(tracking_uri: str, study: str, run_name: str) -> Optional[Stu
 
 def reopen_study_run(info: StudyRunInfo) -> None:
     """Mark a resumed study's parent run running again."""
-    client = MlflowClient(info.tracking_uri)
+    client = client_for(info.tracking_uri)
     _set_tags(client, info.parent_run_id, {TAG_STATUS: "running"})
     with_retry(lambda: client.update_run(info.parent_run_id, status="RUNNING"), "reopen parent run")
 
 
 def finish_study_run(info: StudyRunInfo, status: str, tags: Optional[Mapping[str, str]] = None) -> None:
     """Close the parent run: `vaelab.status` (finished / failed / interrupted) plus summary tags."""
-    client = MlflowClient(info.tracking_uri)
+    client = client_for(info.tracking_uri)
     _set_tags(client, info.parent_run_id, {TAG_STATUS: status, **(tags or {})})
     mlflow_status = {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
     with_retry(
@@ -511,7 +559,7 @@ def mark_stale_trials(info: StudyRunInfo, status_by_cohort: Mapping[str, str]) -
     A worker killed hard (OOM, lost node) past `max_failures`, or a trial stopped by a
     scheduler, never wrote its own end. Returns how many runs were updated.
     """
-    client = MlflowClient(info.tracking_uri)
+    client = client_for(info.tracking_uri)
     runs = _search(
         client, info.experiment_id,
         {TAG_ROLE: ROLE_TRIAL, TAG_PARENT: info.parent_run_id, TAG_STATUS: "running"},
@@ -560,7 +608,7 @@ class TrialRun:
         tags: Mapping[str, str],
         node: Optional[str] = None,
     ) -> "TrialRun":
-        client = MlflowClient(info.tracking_uri)
+        client = client_for(info.tracking_uri)
         base_tags = {
             TAG_ROLE: ROLE_TRIAL,
             TAG_STUDY: info.study,
@@ -648,7 +696,8 @@ def _create_run_once(
             if len(found) > 1:
                 log.warning("%d runs carry %s=%s; continuing the oldest", len(found), key_tag, key_value)
             return found[-1]
-        return client.create_run(experiment_id, tags=dict(tags), run_name=run_name)
+        # the REST store takes string values only (SQLite would coerce an int silently)
+        return client.create_run(experiment_id, tags={k: str(v) for k, v in tags.items()}, run_name=run_name)
 
     return with_retry(attempt, f"find or create run {key_tag}={key_value}")
 
@@ -724,7 +773,7 @@ def finite(value: Any) -> bool:
 
 def list_trial_runs(info: StudyRunInfo) -> list[dict[str, Any]]:
     """The child runs of the study run `info`, one row each (see `trial_row`)."""
-    client = MlflowClient(info.tracking_uri)
+    client = client_for(info.tracking_uri)
     runs = _search(client, info.experiment_id, {TAG_ROLE: ROLE_TRIAL, TAG_PARENT: info.parent_run_id})
     return [trial_row(r) for r in runs]
 
@@ -735,7 +784,7 @@ def search_trial_runs(
     """Trial runs matching an MLflow search filter (`params.depth = '2' and metrics.test_elbo > -90`),
     in one study or in every study of the store."""
     uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
+    client = client_for(uri)
     if study:
         exp = with_retry(lambda: client.get_experiment_by_name(study), "get experiment")
         if exp is None:
@@ -770,7 +819,7 @@ def search_trial_runs(
 def list_studies(tracking_uri: str) -> list[dict[str, Any]]:
     """One row per study run (parent run) in the store: study, run name, status, budget, #trials."""
     uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
+    client = client_for(uri)
     rows = []
     for exp in _all_experiments(client):
         runs = with_retry(
