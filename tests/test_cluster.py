@@ -3,10 +3,12 @@
 PostgreSQL behind a real `mlflow server` started by `vaelab server`, real tiny trials.
 
 Default run (short): the tracking server check before any trial, `vaelab server`'s command
-line, loopback-only local Ray, a multi-node cluster refusing a local --storage, checkpoints
-and YAML loaded safely. `-m slow`: `ray job submit`, a worker node lost mid-study, the
-driver killed and resumed, the tracking server restarted mid-study, and 32 concurrent
-trials logging to one SQLite file and to the server.
+line, credentials kept out of URIs MLflow prints, a submitted job's env and paths,
+loopback-only local Ray, a multi-node cluster refusing a local --storage, checkpoints and
+YAML loaded safely. `-m slow` (PostgreSQL + `mlflow server`): a server whose database is
+down, `ray job submit`, Ray Client, a worker node lost mid-study, the driver killed and
+resumed, the tracking server restarted mid-study, and 32 concurrent trials logging to one
+SQLite file and to the server.
 
 Nothing here stops a Ray it did not start: clusters, servers and databases are torn down
 through their own process groups (never `ray stop`).
@@ -32,10 +34,8 @@ from cluster_helpers import (  # noqa: E402
     Postgres,
     RayCluster,
     TrackingServer,
-    descendants,
     free_port,
     is_loopback,
-    listening_sockets,
     postgres_missing_reason,
     short_tmpdir,
     stop_group,
