@@ -410,10 +410,10 @@ class RayCluster:
         return self.info["head_node_id"]
 
     def env(self, **extra: str) -> dict[str, str]:
-        # The Ray Client server gives a new client's server process 30 s to start: not enough
-        # on two busy cores (a flaky "Starting Ray client server failed").
+        # The Ray Client server gives a new client's server process 30 s to start: tight on
+        # two busy cores.
         return tool_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE=self.auth_mode,
-                        RAY_AUTH_TOKEN_PATH=str(self.token_path), RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S="180",
+                        RAY_AUTH_TOKEN_PATH=str(self.token_path), RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S="60",
                         **extra)
 
     def start(self, timeout: float = 240) -> "RayCluster":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -178,6 +179,7 @@ def cluster() -> Iterator[RayCluster]:
         yield ray_cluster
     finally:
         ray_cluster.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -198,6 +200,7 @@ def postgres() -> Iterator[Postgres]:
         yield db.start()
     finally:
         db.stop("immediate")
+        shutil.rmtree(db.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

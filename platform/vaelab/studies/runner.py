@@ -693,8 +693,24 @@ def connect_ray(
             kwargs["num_gpus"] = num_gpus
     else:
         kwargs["address"] = address
-    ray.init(**kwargs)
+    attempts = CLIENT_CONNECT_ATTEMPTS if str(address).startswith("ray://") else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(**kwargs)
+            return True
+        except ConnectionError as err:
+            # Ray Client's proxy forks one server process per client; that fork sometimes
+            # dies at birth ("Starting Ray client server failed"). A new connection gets a
+            # new server.
+            if attempt == attempts:
+                raise
+            log.warning("Ray Client connection to %s failed (%s); retrying", address, str(err).strip()[-200:])
+            ray.shutdown()
+            time.sleep(2.0 * attempt)
     return True
+
+
+CLIENT_CONNECT_ATTEMPTS = 3
 
 
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver of a submitted job
