@@ -7,7 +7,9 @@ Measures (SPEC §6, issue 7):
   2. IW evaluation samples/s: vaelab's batched L_K against a Python loop over K;
   3. grid throughput: trials per hour for a small grid trained one trial at a time vs packed
      into cohorts;
-  4. peak memory per trial.
+  4. peak memory per trial;
+  5. steps/s with precision=bf16 (matmuls under bfloat16 autocast); whether its likelihood
+     stays within tolerance of fp32 is benchmarks/precision_check.py's job.
 Prints a markdown table and appends it to benchmarks/RESULTS.md with the device, library
 versions and date. Data: real MNIST (--data-dir) or the bundled digits when absent.
 
@@ -46,6 +48,14 @@ def device_name(device: torch.device) -> str:
     return f"CPU {host_platform.processor() or host_platform.machine()} × {torch.get_num_threads()} threads"
 
 
+def publish(lines: list[str], results: str) -> None:
+    """Print the section and append it to RESULTS.md."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with open(results, "a") as fh:
+        fh.write(text)
+
+
 def base_config(args, **overrides) -> TrialConfig:
     values = dict(dataset=args.dataset, data_dir=args.data_dir, train_subset=256 * args.steps,
                   epochs=2, eval_every=1000, train_eval_size=0, eval_iw=1, eval_batch_size=1000,
@@ -53,9 +63,9 @@ def base_config(args, **overrides) -> TrialConfig:
     return TrialConfig(**(values | overrides))
 
 
-def vaelab_steps_per_s(args, model: dict, members: int) -> tuple[float, float]:
+def vaelab_steps_per_s(args, model: dict, members: int, precision: str = "fp32") -> tuple[float, float]:
     """Steps/s of one cohort trial (second epoch: after compilation / warm-up) and peak MB."""
-    configs = [base_config(args, seed=s, **model) for s in range(members)]
+    configs = [base_config(args, seed=s, precision=precision, **model) for s in range(members)]
     trainer = Trainer(configs)
     if trainer.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -116,7 +126,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", default="auto")
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--cohorts", default="1,4")
+    parser.add_argument("--cohorts", default="1,4,16")
     parser.add_argument("--iw-images", type=int, default=1000)
     parser.add_argument("--iw-k", type=int, default=5000)
     parser.add_argument("--iw-k-loop", type=int, default=200, help="loop iterations timed (scaled to K)")
@@ -133,8 +143,9 @@ def main() -> None:
              f"torch {torch.__version__}, python {sys.version.split()[0]}, data {args.dataset}, "
              f"batch 256, compile={args.compile}\n",
              "| model | eager baseline steps/s | vaelab S=1 steps/s | speed-up | "
-             + " | ".join(f"S={s} member-steps/s" for s in args.cohorts.split(",")[1:]) + " | peak MB (S=1) |",
-             "|---|---|---|---|" + "---|" * (len(args.cohorts.split(",")) - 1) + "---|"]
+             + " | ".join(f"S={s} member-steps/s" for s in args.cohorts.split(",")[1:])
+             + " | S=1 bf16 steps/s | peak MB (S=1) |",
+             "|---|---|---|---|" + "---|" * (len(args.cohorts.split(",")) - 1) + "---|---|"]
     for name, model in MODELS.items():
         eager = eager_steps_per_s(args, model, data.train_x)
         cells, peak = [], None
@@ -142,8 +153,9 @@ def main() -> None:
             steps, mem = vaelab_steps_per_s(args, model, s)
             cells.append(steps * s)
             peak = mem if peak is None else peak
+        bf16, _ = vaelab_steps_per_s(args, model, 1, "bf16")
         lines.append(f"| {name} | {eager:.1f} | {cells[0]:.1f} | {cells[0] / eager:.2f}× | "
-                     + " | ".join(f"{c:.1f}" for c in cells[1:]) + f" | {peak:.0f} |")
+                     + " | ".join(f"{c:.1f}" for c in cells[1:]) + f" | {bf16:.1f} | {peak:.0f} |")
         print(lines[-1], flush=True)
     iw = iw_speed(args)
     lines.append(f"\nIW evaluation, K={args.iw_k} on {args.iw_images} test images (LVAE+BN depth 5): "
@@ -154,10 +166,7 @@ def main() -> None:
     grid = grid_throughput(args)
     lines.append(f"\nGrid throughput ({grid['trials']} small trials, 2 epochs each): one by one "
                  f"{grid['solo_trials_per_h']:.0f} trials/h, one cohort {grid['cohort_trials_per_h']:.0f} trials/h.")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(args.results, "a") as fh:
-        fh.write(text)
+    publish(lines, args.results)
 
 
 if __name__ == "__main__":

@@ -375,6 +375,40 @@ def test_local_ray_started_by_vaelab_listens_on_loopback_only(tmp_path: Path) ->
     print(f"local Ray: {len(data['sockets'])} listening sockets, all on loopback")
 
 
+CREDENTIALED_URI_PROBE = """
+import json, os, sys
+sys.path.insert(0, {platform!r})
+from vaelab.studies import runner
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+uri = "http://vaelab:{secret}@127.0.0.1:5999"
+try:
+    runner.connect_ray("ray://127.0.0.1:1", uri)
+except runner.RunnerError as err:
+    refused = str(err)
+runner.connect_ray(None, uri, num_cpus=1)
+import ray
+seen = ray.get(ray.remote(lambda: os.environ.get("MLFLOW_TRACKING_URI")).remote())
+job_env = ray.get_runtime_context().runtime_env
+print(json.dumps({{"refused": refused, "seen": seen, "runtime_env": json.dumps(job_env)}}))
+runner.shutdown_ray()
+"""
+
+
+def test_a_tracking_uri_with_credentials_never_enters_rays_runtime_env() -> None:
+    code = CREDENTIALED_URI_PROBE.format(platform=str(REPO / "platform"), secret=SECRET)
+    out = subprocess.run([sys.executable, "-c", code], env=tool_env(), capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    # a local Ray: the workers inherit the URI from the driver's environment ...
+    assert data["seen"] == f"http://vaelab:{SECRET}@127.0.0.1:5999"
+    # ... and Ray's job metadata (shown on its dashboard) never holds it
+    assert SECRET not in data["runtime_env"]
+    # a cluster: refused before connecting, with the ways that keep it out, and no secret
+    assert "carries credentials" in data["refused"] and "ray job submit" in data["refused"]
+    assert SECRET not in data["refused"] and "http://***@127.0.0.1:5999" in data["refused"]
+
+
 def test_multi_node_cluster_refuses_a_local_storage_path_before_trials_start(
     tmp_path: Path, two_workers: RayCluster
 ) -> None:

@@ -74,6 +74,10 @@ class TrialConfig(BaseModel):
     init_from: Optional[str] = None  # a checkpoint file (fine-tuning)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: Literal["auto", "off", "compile", "cudagraphs"] = "auto"
+    # bf16: the training step's matmuls run in bfloat16 (autocast), everything else and
+    # every reported metric in fp32; checked against fp32 at each evaluation (train.py)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    precision_tolerance: float = Field(0.1, gt=0.0)  # nats per example, |ELBO_bf16 - ELBO_fp32|
     checkpoint_every: int = Field(10, ge=1)
 
     @field_validator("latent_dims", "hidden_dims", mode="before")

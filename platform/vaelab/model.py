@@ -52,7 +52,10 @@ class MemberLinear(nn.Module):
             p.data[member].copy_((values * 2 - 1) * bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
+        # Under bf16 autocast (TrialConfig.precision) only this matmul runs in bfloat16:
+        # its output goes back to fp32 at once, so variances, log-densities, KLs and
+        # logsumexp never see 8-bit mantissas. A no-op in fp32.
+        return torch.baddbmm(self.bias, x, self.weight).float()
 
 
 class MemberBatchNorm(nn.Module):

@@ -137,6 +137,8 @@ class Trainer:
         self.latent_numel = self.model.latent_noise_numel(self.batch_size, self.samples_per_step)
         self.ou_numel = self.model.ou_noise_numel(self.batch_size, self.samples_per_step,
                                                   cfg.ou_samples) if smoothing else 0
+        # bf16 stays on only while its ELBO agrees with fp32 (checked at each evaluation)
+        self.bf16 = cfg.precision == "bf16"
         self.loss_fn = self._compiled_loss(cfg.compile)
         self.epoch, self.step, self.wall_time = 0, 0, 0.0
         self.status = ["running"] * self.members
@@ -182,8 +184,10 @@ class Trainer:
               ou_noise: Optional[torch.Tensor], beta: torch.Tensor) -> ObjectiveTerms:
         """x_real (S, B, D) in [0,1]; uniform (S, B, D) binarization draws; noise (S, T)."""
         x = (uniform < x_real).float() if self.likelihood == "bernoulli" else x_real
-        terms = self.model(x, NoiseTape.recorded(noise, ou_noise), self.samples_per_step,
-                           self.smoother)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            terms = self.model(x, NoiseTape.recorded(noise, ou_noise), self.samples_per_step,
+                               self.smoother)
+        # fp32 from here: MemberLinear hands back fp32 activations
         return training_objective(terms, self.batch_size, self.config.iw_samples, beta,
                                   self.schedule.free_bits, self.config.kl_estimator)
 
@@ -260,6 +264,9 @@ class Trainer:
         test = evaluate_elbo(self.model, self.data.test_x, self._eval_generators(epoch, 2),
                              cfg.eval_batch_size, cfg.kl_estimator)
         metrics = [self._elbo_metrics(test, s) for s in range(self.members)]
+        if cfg.precision == "bf16":
+            for m, gap in zip(metrics, self._check_bf16(epoch, test)):
+                m["bf16_elbo_gap"] = gap
         if cfg.train_eval_size > 0:
             x_train = self.data.train_x[:cfg.train_eval_size]
             binarizer = self._binarizer(epoch)
@@ -280,6 +287,21 @@ class Trainer:
                     {"epoch": epoch, "layer": i, "kl": [float(v) for v in kl[s].cpu()]})
             metrics[s]["peak_mem_mb"] = self._peak_memory_mb()
         return metrics
+
+    def _check_bf16(self, epoch: int, fp32: ElboStats) -> list[float]:
+        """|ELBO under bf16 autocast - ELBO in fp32| per member (nats per example), on the
+        same test images with the same noise. Mixed precision is kept only while every
+        member is within `precision_tolerance`; past it the trial trains on in fp32."""
+        cfg = self.config
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            low = evaluate_elbo(self.model, self.data.test_x, self._eval_generators(epoch, 2),
+                                cfg.eval_batch_size, cfg.kl_estimator)
+        gaps = (low.elbo - fp32.elbo).abs().tolist()
+        if self.bf16 and max(gaps) > cfg.precision_tolerance:
+            warnings.warn(f"epoch {epoch}: the bf16 ELBO differs from fp32 by {max(gaps):.3g} nats "
+                          f"> precision_tolerance={cfg.precision_tolerance}; training on in fp32")
+            self.bf16 = False
+        return gaps
 
     @staticmethod
     def _elbo_metrics(stats: ElboStats, s: int) -> dict[str, float]:
@@ -343,6 +365,7 @@ class Trainer:
             "ou_generators": [g.get_state() for g in self.ou_generators],
             "epoch": self.epoch, "step": self.step, "wall_time": self.wall_time,
             "status": list(self.status), "unit_kl": self.unit_kl_history,
+            "bf16": self.bf16,  # a trial that fell back to fp32 stays there after a restart
         }
 
     def save(self, path: str | Path) -> Path:
@@ -365,6 +388,7 @@ class Trainer:
         self.wall_time = float(state["wall_time"])
         self.status = list(state["status"])
         self.unit_kl_history = state["unit_kl"]
+        self.bf16 = bool(state.get("bf16", self.config.precision == "bf16"))
 
     # ------------------------------------------------------------------ artifacts
 

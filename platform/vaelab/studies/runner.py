@@ -663,7 +663,8 @@ def connect_ray(
     """Start a local Ray in-process (address None/"local") or join a cluster.
 
     Returns whether this call started Ray (then the caller shuts it down). The tracking URI
-    reaches every worker as MLFLOW_TRACKING_URI through the job's runtime_env. A local Ray
+    reaches every worker as MLFLOW_TRACKING_URI through the job's runtime_env, unless it
+    carries credentials (see `_pass_credentialed_uri_by_environment`). A local Ray
     binds 127.0.0.1 only (every node address, and the dashboard, which is not started);
     inside `ray job submit`, settings the job's own runtime_env already carries are left
     to it (Ray refuses to merge two values of one variable).
@@ -679,6 +680,9 @@ def connect_ray(
     env_vars = {"MLFLOW_TRACKING_URI": tracking_uri}
     env_vars.update({k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)})
     env_vars = _without_job_env_vars(env_vars)
+    if "MLFLOW_TRACKING_URI" in env_vars and tracking.has_credentials(tracking_uri):
+        env_vars.pop("MLFLOW_TRACKING_URI")
+        _pass_credentialed_uri_by_environment(tracking_uri, local)
     kwargs: dict[str, Any] = dict(
         include_dashboard=False,
         log_to_driver=os.environ.get("VAELAB_RAY_LOG_TO_DRIVER", "0") == "1",
@@ -711,6 +715,23 @@ def connect_ray(
 
 
 CLIENT_CONNECT_ATTEMPTS = 3
+
+
+def _pass_credentialed_uri_by_environment(tracking_uri: str, local: bool) -> None:
+    """A tracking URI that carries a password never goes into Ray's runtime_env, which Ray
+    keeps in its job metadata and shows on the dashboard. A local Ray's workers inherit this
+    process's environment, so it is set here; on a cluster the nodes' own environment (or
+    `ray job submit --runtime-env-json`, the user's explicit choice) must carry it."""
+    if local:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+        return
+    raise RunnerError(
+        f"tracking URI {tracking.redact_uri(tracking_uri)} carries credentials, which vaelab does not "
+        "send through Ray's runtime_env (Ray stores it in its job metadata and shows it on the "
+        "dashboard): set MLFLOW_TRACKING_URI, or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD "
+        "with a URI without them, in every node's environment before `ray start`, or submit the "
+        "study with `ray job submit --runtime-env-json '{\"env_vars\": {...}}' -- vaelab run ...`"
+    )
 
 
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver of a submitted job
