@@ -10,8 +10,10 @@ in a subprocess, SIGKILL) and `vaelab resume` is marked slow (`make test-slow`).
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
+import pickle
 import os
 import signal
 import subprocess
@@ -26,7 +28,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UN
 from mlflow.tracking import MlflowClient
 
 from vaelab.studies import load_study
-from vaelab.studies import runner
+from vaelab.studies import runner, tune_state
 from vaelab.tracking import write
 
 EPOCHS = 5
@@ -406,10 +408,12 @@ def test_killed_driver_is_resumed_without_rerunning_finished_trials(
     before = {r.data.tags["vaelab.trial_id"]: r for r in child_runs(tracking_uri, "resumable")}
     done_before = {t for t, r in before.items() if r.data.tags["vaelab.status"] == "finished"}
     assert 2 <= len(done_before) < 6
+    lagged = simulate_checkpoints_deleted_after_the_last_saved_state(tmp_path / "ray_results" / "killme")
 
     resumed = subprocess.run([*vaelab_command(), "resume", "killme", *common], env=env,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert resumed.stdout.count("re-created from") == lagged, resumed.stdout[-2000:]
     after = child_runs(tracking_uri, "resumable")
     assert len(after) == 6 and len({r.data.tags["vaelab.trial_id"] for r in after}) == 6  # no duplicates
     assert len(parent_runs(tracking_uri, "resumable")) == 1
@@ -421,6 +425,64 @@ def test_killed_driver_is_resumed_without_rerunning_finished_trials(
             assert run.data.tags["vaelab.attempt"] == "1"
             assert run.info.end_time == before[trial].info.end_time
     assert parent_runs(tracking_uri, "resumable")[0].data.tags["vaelab.status"] == "finished"
+
+
+def simulate_checkpoints_deleted_after_the_last_saved_state(experiment: Path) -> int:
+    """What a driver killed at the wrong moment leaves: Tune registered two newer checkpoints
+    of a trial and deleted those its last saved experiment state names (num_to_keep=2). Each
+    unfinished trial's named checkpoint k becomes k + 2 (its content stays a valid checkpoint
+    of that trial); returns how many named checkpoints went missing."""
+    state = tune_state.newest_state_file(experiment)
+    missing = 0
+    for path in sorted(tune_state.referenced_checkpoints(state), reverse=True):
+        trial_dir = path.parent
+        if not path.exists() or '"done": true' in (trial_dir / "result.json").read_text():
+            continue  # finished trials are not restored
+        target = trial_dir / f"checkpoint_{int(path.name.split('_')[1]) + 2:06d}"
+        if not target.exists():
+            path.rename(target)
+            missing += 1
+    assert missing, f"no unfinished trial with a named checkpoint in {experiment}"
+    return missing
+
+
+def write_tune_state(experiment: Path, trials: dict[str, list[str]]) -> None:
+    """An experiment_state file in Tune 2.x's layout: per trial a list of JSON strings, with
+    the checkpoint manager's paths inside a hex-encoded pickle."""
+    trial_data = []
+    for trial, checkpoints in trials.items():
+        manager = {"checkpoints": [str(experiment / trial / c) for c in checkpoints],
+                   "short": "/" * 2 + "x" * 45}  # a 47-byte string: its pickled length byte is "/"
+        blob = {"_type": "CLOUDPICKLE_FALLBACK", "value": pickle.dumps(manager).hex()}
+        trial_data.append([json.dumps({"trial_id": trial}),
+                           json.dumps({"checkpoint_manager": blob, "last_result": {}})])
+    (experiment / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": trial_data}))
+
+
+def test_resume_recreates_checkpoints_tune_deleted_after_its_last_saved_state(tmp_path: Path) -> None:
+    experiment = tmp_path / "study"
+    for trial, on_disk in {"t0": ["checkpoint_000004", "checkpoint_000005"],  # intact
+                           "t1": ["checkpoint_000006", "checkpoint_000007"],  # state names 4, 5
+                           "t2": []}.items():  # nothing newer to copy: left to Tune's error
+        for name in on_disk:
+            (experiment / trial / name).mkdir(parents=True)
+            (experiment / trial / name / "checkpoint.pt").write_text(f"{trial}/{name}")
+        (experiment / trial).mkdir(parents=True, exist_ok=True)
+    write_tune_state(experiment, {"t0": ["checkpoint_000004", "checkpoint_000005"],
+                                  "t1": ["checkpoint_000004", "checkpoint_000005"],
+                                  "t2": ["checkpoint_000001"]})
+    named = tune_state.referenced_checkpoints(tune_state.newest_state_file(experiment))
+    assert {p.relative_to(experiment).as_posix() for p in named} == {
+        "t0/checkpoint_000004", "t0/checkpoint_000005", "t1/checkpoint_000004", "t1/checkpoint_000005",
+        "t2/checkpoint_000001"}
+    repaired = tune_state.repair_missing_checkpoints(experiment)
+    assert [(m.relative_to(experiment).as_posix(), s.name) for m, s in repaired] == [
+        ("t1/checkpoint_000004", "checkpoint_000007"), ("t1/checkpoint_000005", "checkpoint_000007")]
+    for name in ("checkpoint_000004", "checkpoint_000005"):  # the newest checkpoint's content
+        assert (experiment / "t1" / name / "checkpoint.pt").read_text() == "t1/checkpoint_000007"
+    assert (experiment / "t0" / "checkpoint_000004" / "checkpoint.pt").read_text() == "t0/checkpoint_000004"
+    assert not (experiment / "t2" / "checkpoint_000001").exists()
+    assert tune_state.repair_missing_checkpoints(experiment) == []  # idempotent
 
 
 def test_vaelab_resume_of_unknown_name_is_a_clean_error(tmp_path: Path) -> None:

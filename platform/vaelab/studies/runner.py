@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Se
 import yaml
 
 from vaelab.errors import VaelabError
+from vaelab.studies import tune_state
 from vaelab.tracking import write as tracking
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -1155,6 +1156,10 @@ def resume_study(
         info = tracking.StudyRunInfo(uri, meta["experiment_id"], meta["parent_run_id"], meta["study"])
         tracking.reopen_study_run(info)
         echo(f"resuming {name} (study {meta['study']}) from {experiment_path}")
+        if not is_remote_storage(experiment_path):
+            for missing, source in tune_state.repair_missing_checkpoints(Path(experiment_path)):
+                echo(f"  {missing.parent.name}: {missing.name} (named by Tune's last saved state, deleted "
+                     f"after it) re-created from {source.name}")
         tuner = tune.Tuner.restore(
             experiment_path, trainable=_trainable(meta["resources"]), resume_errored=True
         )
