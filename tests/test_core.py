@@ -354,6 +354,16 @@ def test_gpu_training_matches_cpu_statistically():
     assert abs(cpu["test_elbo"] - gpu["test_elbo"]) < 2.0
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_compiled_bf16_training_stays_within_tolerance_of_fp32():
+    trainer = Trainer([tiny_config(device="cuda", epochs=3, compile="auto", precision="bf16",
+                                   batch_norm=True, inference="lvae")], tiny_dataset())
+    reports = list(trainer.run())
+    assert trainer.bf16 and all(r.metrics[0]["bf16_elbo_gap"] < 0.1 for r in reports)
+    assert reports[-1].metrics[0]["peak_mem_mb"] > 0
+
+
 @pytest.mark.slow
 def test_compiled_loss_matches_eager():
     """torch.compile of the step's loss (the GPU default) computes the same objective."""

@@ -23,6 +23,8 @@ Directory: `data_dir` if given (or `data_dir/<name>` when only that holds the fi
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import gzip
 import hashlib
@@ -465,6 +467,11 @@ class Dataset:
     @property
     def input_dim(self) -> int:
         return self.train_x.shape[1]
+
+    def to(self, device: torch.device) -> "Dataset":
+        """The same data resident on `device` (a no-op when it is there already)."""
+        return dataclasses.replace(self, **{k: getattr(self, k).to(device)
+                                            for k in ("train_x", "train_y", "test_x", "test_y")})
 
 
 def binarize(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:

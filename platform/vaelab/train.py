@@ -102,7 +102,7 @@ class Trainer:
         self.configs = list(configs)
         cfg = self.config = configs[0]
         self.device = resolve_device(cfg.device)
-        self.data = dataset or dataset_for(cfg, self.device)
+        self.data = dataset.to(self.device) if dataset else dataset_for(cfg, self.device)
         self.likelihood = cfg.likelihood or self.data.likelihood
         self.members = len(configs)
         self.model = build_model(cfg, self.data.train_x.shape[1], self.likelihood, self.members)
