@@ -527,7 +527,7 @@ def test_worker_node_lost_mid_study_trials_resume_elsewhere_in_the_same_runs(
     tmp_path: Path, two_workers: RayCluster, server: TrackingServer, shared: Path
 ) -> None:
     cluster = two_workers
-    epochs = 8
+    epochs = 30  # tiny epochs take ~0.1 s: a trial picked mid-way must still be running at the kill
     study = write_study(tmp_path, "nodeloss", 4, epochs)
     log = tmp_path / "driver.log"
     env = cluster.env(MLFLOW_TRACKING_URI=server.uri, TUNE_GLOBAL_CHECKPOINT_S="1")
@@ -540,14 +540,16 @@ def test_worker_node_lost_mid_study_trials_resume_elsewhere_in_the_same_runs(
             for run in study_runs(server.uri, "nodeloss") if logged_epochs(server.uri, "nodeloss") else []:
                 epoch = int(run.data.metrics.get("epoch", 0))
                 node = run.data.tags.get("vaelab.ray_node_id")
-                if 3 <= epoch <= epochs - 3 and node in cluster.workers:
+                if 3 <= epoch <= epochs // 4 and node in cluster.workers:
                     return node, run.data.tags["vaelab.trial_id"], epoch
             assert proc.poll() is None, log.read_text()[-3000:]
             return None
 
         victim, trial, epoch = wait_until(trial_on_a_worker_mid_way, 600, 0.3, "a trial mid-way on a worker")
         on_victim = {r.data.tags["vaelab.trial_id"]: int(r.data.metrics.get("epoch", 0))
-                     for r in study_runs(server.uri, "nodeloss") if r.data.tags.get("vaelab.ray_node_id") == victim}
+                     for r in study_runs(server.uri, "nodeloss")
+                     if r.data.tags.get("vaelab.ray_node_id") == victim and r.data.tags.get("vaelab.status") == "running"
+                     and int(r.data.metrics.get("epoch", 0)) <= epochs // 2}
         killed_at = time.monotonic() - started
         cluster.kill_worker(victim)
         replacement = cluster.add_worker(2)
@@ -627,7 +629,8 @@ def test_driver_killed_on_the_head_is_finished_by_vaelab_resume(
           f"`vaelab resume` "
           f"finished the rest: {n} trials, {len(runs)} MLflow runs, epochs per run "
           f"{[len(epoch_steps(server.uri, r.info.run_id)) for r in runs]}, attempts "
-          f"{sorted(r.data.tags['vaelab.attempt'] for r in runs)}, {time.monotonic() - started:.0f} s")
+          f"{sorted(r.data.tags['vaelab.attempt'] for r in runs)}, checkpoints re-created on resume "
+          f"{resumed.stdout.count('re-created from')}, {time.monotonic() - started:.0f} s")
 
 
 @pytest.mark.slow
