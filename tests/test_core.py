@@ -364,6 +364,23 @@ def test_gpu_compiled_bf16_training_stays_within_tolerance_of_fp32():
     assert reports[-1].metrics[0]["peak_mem_mb"] > 0
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_training_step_never_synchronises_with_the_host():
+    trainer = Trainer([tiny_config(device="cuda", compile="off", batch_norm=True, inference="lvae",
+                                   grad_clip=4.0)], tiny_dataset())
+    perms = torch.arange(192, device="cuda").unsqueeze(0)
+    betas = torch.linspace(0, 1, 4, device="cuda").unsqueeze(1)  # (steps, S)
+    trainer._step(trainer._batch(perms, 0), betas[0])  # the optimiser creates its state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
+    try:
+        for k in range(1, 4):
+            trainer._step(trainer._batch(perms, k), betas[k])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 @pytest.mark.slow
 def test_compiled_loss_matches_eager():
     """torch.compile of the step's loss (the GPU default) computes the same objective."""

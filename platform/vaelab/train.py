@@ -209,6 +209,17 @@ class Trainer:
         ou_noise = draw_normal(self.ou_generators, self.ou_numel) if self.ou_numel else None
         return x_real, uniform, draw_normal(self.generators, self.latent_numel), ou_noise
 
+    def _step(self, batch: tuple[torch.Tensor, ...], beta: torch.Tensor) -> torch.Tensor:
+        """One optimiser step of every member; returns the losses (S,), still on the device."""
+        objective = self.loss_fn(*batch, beta)
+        self.optimizer.zero_grad(set_to_none=True)
+        objective.loss.sum().backward()
+        if self.config.grad_clip > 0:
+            self._clip_gradients(self.config.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return objective.loss.detach()
+
     def _train_epoch(self, epoch: int) -> tuple[torch.Tensor, float]:
         """One pass over every member's own permutation; returns summed losses (S,) and seconds."""
         cfg = self.config
@@ -220,18 +231,13 @@ class Trainer:
         perms = torch.stack([torch.randperm(n_train, generator=g, device=self.device)
                              for g in self.generators])
         loss_sum = torch.zeros(self.members, device=self.device)
+        # β for every step of the epoch, (steps, S), copied once: a host→device copy per
+        # step would synchronise the CUDA stream and stall the launch queue every step
+        betas = torch.tensor([self.schedule.betas(self.step + k, self.steps_per_epoch)
+                              for k in range(self.steps_per_epoch)], device=self.device)
         start = time.perf_counter()
         for k in range(self.steps_per_epoch):
-            beta = torch.tensor(self.schedule.betas(self.step, self.steps_per_epoch),
-                                device=self.device)
-            objective = self.loss_fn(*self._batch(perms, k), beta)
-            self.optimizer.zero_grad(set_to_none=True)
-            objective.loss.sum().backward()
-            if cfg.grad_clip > 0:
-                self._clip_gradients(cfg.grad_clip)
-            self.optimizer.step()
-            loss_sum += objective.loss.detach()
-            self.step += 1
+            loss_sum += self._step(self._batch(perms, k), betas[k])
         losses = loss_sum.cpu()  # the one host sync of the epoch
         return losses / self.steps_per_epoch, time.perf_counter() - start
 
