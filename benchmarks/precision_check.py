@@ -25,7 +25,7 @@ from vaelab.config import TrialConfig  # noqa: E402
 from vaelab.train import Trainer, resolve_device  # noqa: E402
 
 
-def train(args, precision: str) -> dict[str, float]:
+def train(args, precision: str) -> dict[str, float | bool]:
     cfg = TrialConfig(dataset="mnist" if args.data_dir else "digits", data_dir=args.data_dir,
                       train_subset=args.train_subset, inference="lvae", batch_norm=True, depth=5,
                       warmup_epochs=args.epochs / 2, epochs=args.epochs, eval_every=args.eval_every,
@@ -39,7 +39,7 @@ def train(args, precision: str) -> dict[str, float]:
             gaps.append(m["bf16_elbo_gap"])
     return {"test_elbo": m["test_elbo"], "test_ll_iw": m["test_ll_iw"], "train_elbo": m["train_elbo"],
             "max_gap": max(gaps) if gaps else float("nan"), "steps_per_s": sorted(steps)[len(steps) // 2],
-            "kept_bf16": float(trainer.bf16) if precision == "bf16" else float("nan")}
+            "kept_bf16": trainer.bf16}
 
 
 def main() -> None:
@@ -57,7 +57,8 @@ def main() -> None:
     device = resolve_device(args.device)
     tolerance = TrialConfig.model_fields["precision_tolerance"].default
     lines = [f"\n### {dt.date.today()} — precision check, {device_name(device)}",
-             f"torch {torch.__version__}; 5-layer LVAE+BN+WU, {args.train_subset} MNIST training images, "
+             f"torch {torch.__version__}; 5-layer LVAE+BN+WU, {args.train_subset} "
+             f"{'MNIST' if args.data_dir else 'digits'} training images, "
              f"{args.epochs} epochs, seed 0, compile={args.compile}; test metrics always computed in fp32; "
              f"tolerance {tolerance} nats\n",
              "| precision | test ELBO | test L_%d | train ELBO | max bf16_elbo_gap | kept bf16 | median steps/s |" % args.k,

@@ -24,7 +24,6 @@ Directory: `data_dir` if given (or `data_dir/<name>` when only that holds the fi
 from __future__ import annotations
 
 import dataclasses
-
 import functools
 import gzip
 import hashlib

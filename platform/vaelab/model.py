@@ -53,9 +53,9 @@ class MemberLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # Under bf16 autocast (TrialConfig.precision) only this matmul runs in bfloat16:
-        # its output goes back to fp32 at once, so variances, log-densities, KLs and
-        # logsumexp never see 8-bit mantissas. A no-op in fp32.
-        return torch.baddbmm(self.bias, x, self.weight).float()
+        # its output goes back to the parameters' dtype at once, so variances,
+        # log-densities, KLs and logsumexp never see 8-bit mantissas. A no-op otherwise.
+        return torch.baddbmm(self.bias, x, self.weight).to(self.weight.dtype)
 
 
 class MemberBatchNorm(nn.Module):

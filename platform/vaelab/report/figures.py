@@ -311,13 +311,7 @@ def _per_layer_bars(data: FigureData, prefix: str, title: str, ylabel: str) -> F
 def latent_pca(data: FigureData) -> Figure:
     from sklearn.decomposition import PCA  # imported here: only this figure needs it
 
-    picks = _picks(data, "latents.npz")
-    if not picks:
-        raise SkipFigure("no finished trial has a latents.npz artifact")
-    loaded = {label: _npz(data, row, "latents.npz") for label, row in picks.items()}
-    layers = max(_npz_layers(arrays) for arrays in loaded.values())
-    fig = Figure(figsize=(3 * layers + 1, 3 * len(picks) + 0.6), layout="constrained")
-    axes = fig.subplots(len(picks), layers, squeeze=False)
+    picks, loaded, layers, fig, axes = _artifact_grid(data, "latents.npz", (3, 1), (3, 0.6))
     scatter = None
     for r, (label, arrays) in enumerate(loaded.items()):
         colours = _label_colours(arrays.get("labels"))
@@ -336,6 +330,21 @@ def latent_pca(data: FigureData) -> Figure:
         fig.colorbar(scatter, ax=axes, label="class label", shrink=0.8)
     fig.suptitle("PCA of posterior means per layer, coloured by class (deepest model per variant)")
     return fig
+
+
+def _artifact_grid(data: FigureData, artifact: str, width: tuple[float, float],
+                   height: tuple[float, float]):
+    """One row per picked trial (deepest per variant), one column per latent layer.
+    width/height: (inches per cell, margin). Returns picks, loaded npz arrays by label,
+    the number of layers, the figure and its (rows, layers) axes."""
+    picks = _picks(data, artifact)
+    if not picks:
+        raise SkipFigure(f"no finished trial has a {artifact} artifact")
+    loaded = {label: _npz(data, row, artifact) for label, row in picks.items()}
+    layers = max(_npz_layers(arrays) for arrays in loaded.values())
+    fig = Figure(figsize=(width[0] * layers + width[1], height[0] * len(picks) + height[1]),
+                 layout="constrained")
+    return picks, loaded, layers, fig, fig.subplots(len(picks), layers, squeeze=False)
 
 
 def _label_colours(labels: np.ndarray | None) -> dict[str, object]:
@@ -358,13 +367,7 @@ def _pca_2d(pca_class, points: np.ndarray) -> np.ndarray:
 
 
 def prior_samples(data: FigureData) -> Figure:
-    picks = _picks(data, "prior_samples.npz")
-    if not picks:
-        raise SkipFigure("no finished trial has a prior_samples.npz artifact")
-    loaded = {label: _npz(data, row, "prior_samples.npz") for label, row in picks.items()}
-    layers = max(_npz_layers(arrays) for arrays in loaded.values())
-    fig = Figure(figsize=(2.4 * layers + 0.5, 2.6 * len(picks) + 0.6), layout="constrained")
-    axes = fig.subplots(len(picks), layers, squeeze=False)
+    picks, loaded, layers, fig, axes = _artifact_grid(data, "prior_samples.npz", (2.4, 0.5), (2.6, 0.6))
     for r, (label, arrays) in enumerate(loaded.items()):
         shape = tuple(int(v) for v in np.asarray(arrays["image_shape"]).ravel()[:2])
         for c in range(layers):
