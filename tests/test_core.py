@@ -10,7 +10,7 @@ import torch
 from vaelab.config import TrialConfig
 from vaelab.data import Dataset
 from vaelab.evaluate import (ElboStats, evaluate_elbo, evaluate_iw, iw_bound_loop)
-from vaelab.model import HierarchicalVAE, NoiseTape, gaussian_merge
+from vaelab.model import HierarchicalVAE, InitScheme, NoiseTape, gaussian_merge
 from vaelab.objectives import (beta_at, gaussian_log_prob, kl_anneal_beta, kl_gaussians,
                                layer_kl, log_weights, training_objective, warmup_beta)
 from vaelab.smoothing import OUSmoother, correlated_inputs, ou_operator
@@ -257,8 +257,25 @@ def test_smoothing_lowers_variance_of_generator_mean_across_parents():
 
 def test_active_units_count_on_constructed_case():
     unit_kl = [torch.tensor([[0.5, 0.0, 0.02, 0.009]]), torch.tensor([[0.011, 0.0]])]
-    stats = ElboStats(torch.zeros(1), [torch.zeros(1)] * 2, [torch.zeros(1)] * 2, unit_kl)
+    stats = ElboStats(torch.zeros(1), [torch.zeros(1)] * 2, [torch.zeros(1)] * 2, unit_kl,
+                      [torch.zeros_like(u) for u in unit_kl])
     assert [a.item() for a in stats.active_units()] == [2, 1]
+
+
+@pytest.mark.parametrize("inference", ["vae", "ladder", "lvae"])
+@pytest.mark.parametrize("estimator", ["analytic", "mc"])
+def test_per_unit_kls_sum_to_the_layer_kl(inference, estimator):
+    # Per-unit KL (active units, Fig 5 heatmaps) must be the same estimate as kl_layer_{i}:
+    # for the bottom-up VAE's lower layers that is Monte Carlo, since p's parent z_{i+1}
+    # is drawn after z_i and the closed form given it is biased (objectives.py).
+    model = tiny_model(inference, batch_norm=True).eval()
+    x = tiny_dataset(n_train=8, n_test=512).test_x
+    stats = evaluate_elbo(model, x, [torch.Generator().manual_seed(3)], batch_size=128,
+                          estimator=estimator)
+    for i, (units, layer) in enumerate(zip(stats.unit_kl, stats.kl_layers), start=1):
+        torch.testing.assert_close(units.sum(-1), layer, rtol=1e-5, atol=1e-5,
+                                   msg=f"layer {i}: per-unit sum != layer KL")
+        assert (stats.unit_kl_se[i - 1] >= 0).all()
 
 
 def test_ladder_has_separate_topdown_and_lvae_merges_with_generative_prior():
@@ -428,3 +445,44 @@ def test_bf16_falls_back_to_fp32_past_its_tolerance(tmp_path):
     restarted = Trainer([cfg], tiny_dataset())
     restarted.load(tmp_path / "ckpt.pt")
     assert not restarted.bf16  # the fallback survives a restart
+
+
+# ----------------------------------------------------------------------------- the original code's options
+
+
+def test_bn_heads_normalise_latent_heads_but_never_the_output():
+    plain = HierarchicalVAE(x_dim=16, z_dims=(6, 4), mlp_dims=(16, 12), inference="ladder",
+                            likelihood="bernoulli", batch_norm=True, activation="leaky_relu")
+    heads = HierarchicalVAE(x_dim=16, z_dims=(6, 4), mlp_dims=(16, 12), inference="ladder",
+                            likelihood="bernoulli", batch_norm=True, activation="leaky_relu",
+                            bn_heads=True)
+    # 2 latent heads per conditional (μ, σ²): upward 2, topdown 1, generative 1 -> 4 heads
+    assert len(heads.batch_norms()) - len(plain.batch_norms()) == 2 * 4
+    assert all(len(h.norms) == 2 for h in heads.upward_heads)
+    assert not any(isinstance(m, torch.nn.Module) and "decoder_mean" in name and "norm" in name
+                   for name, m in heads.named_modules())
+    with pytest.raises(ValueError, match="bn_heads"):
+        TrialConfig(bn_heads=True, batch_norm=False)
+
+
+def test_glorot_init_matches_the_original_code():
+    model = HierarchicalVAE(x_dim=784, z_dims=(64, 32), mlp_dims=(512, 256), inference="vae",
+                            likelihood="bernoulli", batch_norm=False, activation="leaky_relu",
+                            init=InitScheme("glorot", var_bias=1.0))
+    model.reset_parameters([0])
+    hidden = model.encoder[0].mlp.linears[0]  # 784 -> 512, gain sqrt(2)
+    head = model.encoder[0].head
+    expected = math.sqrt(2.0) * math.sqrt(2.0 / (784 + 512))
+    assert abs(hidden.weight.std().item() / expected - 1) < 0.02
+    assert abs(head.mean.weight.std().item() / math.sqrt(2.0 / (512 + 64)) - 1) < 0.05
+    assert torch.all(head.var.bias == 1.0) and torch.all(head.mean.bias == 0.0)
+    assert torch.all(hidden.bias == 0.0)
+
+
+def test_elementwise_gradient_clip_bounds_every_gradient():
+    cfg = tiny_config(grad_clip_value=1e-3, lr=1e-3, epochs=1)
+    trainer = Trainer([cfg], tiny_dataset())
+    batch = trainer._batch(torch.arange(trainer.data.train_x.shape[0]).unsqueeze(0), 0)
+    trainer._step(batch, torch.ones(1))
+    grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+    assert max(g.abs().max().item() for g in grads) <= 1e-3 * (1 + 1e-6)  # fp32 rounding of 1e-3

@@ -44,6 +44,11 @@ class TrialConfig(BaseModel):
     batch_norm: bool = False
     bn_eval: Literal["population", "running"] = "population"
     var_floor: float = Field(1e-6, ge=0.0)
+    # Choices of the original LVAE code (run_models.py) that the papers don't state, kept
+    # as parameters so that a study can ablate them (docs/OPTIONS.md has the evidence):
+    bn_heads: bool = False  # BN on every latent μ / σ² head's linear output (needs batch_norm)
+    init: Literal["torch", "glorot"] = "torch"  # weight initialisation (model.InitScheme)
+    var_bias_init: Optional[float] = None  # σ² heads' bias; None: the scheme's (original: 1.0)
     # objective
     mc_samples: int = Field(1, ge=1)
     iw_samples: int = Field(1, ge=1)
@@ -62,6 +67,8 @@ class TrialConfig(BaseModel):
     lr_decay_every: int = Field(0, ge=0)  # epochs; 0 = off (ICML fine-tuning: 0.75 every 200)
     adam_eps: float = Field(1e-8, gt=0.0)  # the original LVAE code used 1e-4
     grad_clip: float = Field(0.0, ge=0.0)  # max grad norm; 0 = off (the original code used 4)
+    # elementwise clip after the norm clip; 0 = off (the original code used 0.9)
+    grad_clip_value: float = Field(0.0, ge=0.0)
     batch_size: int = Field(256, ge=1)
     epochs: int = Field(2000, ge=1)
     # evaluation
@@ -118,6 +125,9 @@ class TrialConfig(BaseModel):
             raise ValueError("warmup_epochs and kl_anneal_* are two β schedules: set one")
         if self.free_bits > 0 and self.iw_samples > 1:
             raise ValueError("free_bits clamps per-layer KL of the ELBO; it has no meaning with iw_samples > 1")
+        if self.bn_heads and not self.batch_norm:
+            raise ValueError("bn_heads=true normalises the latent heads as part of batch norm: "
+                             "it needs batch_norm=true")
         if self.lr_decay < 1.0 and self.lr_decay_every == 0:
             raise ValueError(f"lr_decay={self.lr_decay} needs lr_decay_every > 0")
         return self

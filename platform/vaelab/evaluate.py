@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .model import HierarchicalVAE, NoiseTape
-from .objectives import iw_bound, kl_std_normal, layer_kl, log_weights, unit_kl_analytic
+from .objectives import iw_bound, kl_std_normal, log_weights, unit_kl
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # ICML Table 2: active if KL(q_{i,k} ‖ p_{i,k}) > 0.01
 
@@ -27,7 +27,12 @@ class ElboStats:
     elbo: Tensor
     kl_layers: list[Tensor]
     kl_std_normal_layers: list[Tensor]
-    unit_kl: list[Tensor]  # per layer (S, z_i): mean per-unit KL (closed form given parents)
+    # per layer (S, z_i): mean per-unit KL by the layer's own estimator (sums to kl_layers)
+    unit_kl: list[Tensor]
+    # per layer (S, z_i): standard error of that mean over the evaluated rows (data and,
+    # for Monte Carlo layers, sampling noise): how far noise can move a unit across
+    # ACTIVE_UNIT_THRESHOLD
+    unit_kl_se: list[Tensor]
 
     def active_units(self) -> list[Tensor]:
         """Active units per layer, each (S,)."""
@@ -46,18 +51,26 @@ def evaluate_elbo(model: HierarchicalVAE, x: Tensor, generators: Sequence[torch.
     elbo = torch.zeros(members, device=x.device)
     kl = [torch.zeros(members, device=x.device) for _ in range(depth)]
     kl_std = [torch.zeros(members, device=x.device) for _ in range(depth)]
-    units = [torch.zeros(members, d, device=x.device) for d in model.z_dims]
+    units = [torch.zeros(members, d, device=x.device, dtype=torch.float64) for d in model.z_dims]
+    units_sq = [torch.zeros_like(u) for u in units]
     tape = NoiseTape.live(generators)
     for start in range(0, x.shape[0], batch_size):
         terms = model(_expand(x[start:start + batch_size], members), tape, n_samples=1)
-        layer_kls = [layer_kl(layer, estimator) for layer in terms.layers]  # each (S, B)
-        elbo += (terms.log_px - sum(layer_kls)).sum(-1)
+        unit_kls = [unit_kl(layer, estimator).double() for layer in terms.layers]  # (S, B, z_i)
+        layer_kls = [u.sum(-1) for u in unit_kls]  # each (S, B): the layer KL is their sum
+        elbo += (terms.log_px - sum(layer_kls)).sum(-1).float()
         for i, layer in enumerate(terms.layers):
-            kl[i] += layer_kls[i].sum(-1)
+            kl[i] += layer_kls[i].sum(-1).float()
             kl_std[i] += kl_std_normal(layer.q_mu, layer.q_logvar).sum(dim=(1, 2))
-            units[i] += unit_kl_analytic(layer).sum(dim=1)
+            units[i] += unit_kls[i].sum(dim=1)
+            units_sq[i] += unit_kls[i].square().sum(dim=1)
     n = x.shape[0]
-    return ElboStats(elbo / n, [v / n for v in kl], [v / n for v in kl_std], [u / n for u in units])
+    means = [u / n for u in units]
+    # SE of a mean over n rows: sqrt(Var / n), Var = E[u²] − E[u]² (float64: no cancellation)
+    ses = [((sq / n - m.square()).clamp_min(0.0) / max(n - 1, 1)).sqrt()
+           for sq, m in zip(units_sq, means)]
+    return ElboStats(elbo / n, [v / n for v in kl], [v / n for v in kl_std],
+                     [m.float() for m in means], [s.float() for s in ses])
 
 
 @torch.no_grad()

@@ -36,20 +36,51 @@ ACTIVATIONS: dict[str, Activation] = {
 # --------------------------------------------------------------------------- layers
 
 
-class MemberLinear(nn.Module):
-    """S independent affine maps: (S, N, F_in) -> (S, N, F_out) in one batched matmul."""
+@dataclass(frozen=True)
+class InitScheme:
+    """How weights start (SPEC §2 `init`, `var_bias_init`).
 
-    def __init__(self, members: int, in_dim: int, out_dim: int) -> None:
+    torch  — nn.Linear's default: W and b ~ U(±1/sqrt(fan_in)).
+    glorot — the original LVAE code (run_models.py): Glorot-normal weights,
+             std = gain·sqrt(2 / (fan_in + fan_out)), gain sqrt(2) in the MLPs (lasagne's
+             'relu' gain) and 1 in the μ / σ² heads and the output layer; biases 0.
+    var_bias: the σ² heads' bias (the original code: 1.0, so σ² starts near softplus(1));
+             None keeps the scheme's own bias.
+    """
+
+    name: str = "torch"
+    var_bias: Optional[float] = None
+
+
+class MemberLinear(nn.Module):
+    """S independent affine maps: (S, N, F_in) -> (S, N, F_out) in one batched matmul.
+
+    role: "hidden" (MLP layer), "mean" / "var" (a Gaussian head's μ / σ² pre-activation) or
+    "output" (p(x|z_1)); it only selects the initialisation (InitScheme).
+    """
+
+    def __init__(self, members: int, in_dim: int, out_dim: int, role: str = "hidden") -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(members, in_dim, out_dim))
         self.bias = nn.Parameter(torch.empty(members, 1, out_dim))
+        self.role = role
 
-    def reset_member(self, member: int, generator: torch.Generator) -> None:
-        # PyTorch's nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W and b.
-        bound = 1.0 / math.sqrt(self.weight.shape[1])
-        for p in (self.weight, self.bias):
-            values = torch.rand(p.shape[1:], generator=generator, device=generator.device)
-            p.data[member].copy_((values * 2 - 1) * bound)
+    def reset_member(self, member: int, generator: torch.Generator,
+                     scheme: InitScheme = InitScheme()) -> None:
+        fan_in, fan_out = self.weight.shape[1:]
+        if scheme.name == "glorot":
+            gain = math.sqrt(2.0) if self.role == "hidden" else 1.0
+            std = gain * math.sqrt(2.0 / (fan_in + fan_out))
+            values = torch.randn(self.weight.shape[1:], generator=generator, device=generator.device)
+            self.weight.data[member].copy_(values * std)
+            self.bias.data[member].zero_()
+        else:  # PyTorch's nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W and b.
+            bound = 1.0 / math.sqrt(fan_in)
+            for p in (self.weight, self.bias):
+                values = torch.rand(p.shape[1:], generator=generator, device=generator.device)
+                p.data[member].copy_((values * 2 - 1) * bound)
+        if self.role == "var" and scheme.var_bias is not None:
+            self.bias.data[member].fill_(scheme.var_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         # Under bf16 autocast (TrialConfig.precision) only this matmul runs in bfloat16:
@@ -153,26 +184,34 @@ class GaussianHead(nn.Module):
 
     The variance is a softplus of a linear map (never softplus of a log-variance, which
     would force σ² ≥ 1); the floor keeps log σ² finite when softplus underflows.
+    batch_norm: BN on both linear outputs before the identity / softplus, as the original
+    LVAE code does for every latent head (SPEC §2 `bn_heads`; the papers don't say).
     """
 
-    def __init__(self, members: int, width: int, out_dim: int, var_floor: float) -> None:
+    def __init__(self, members: int, width: int, out_dim: int, var_floor: float,
+                 batch_norm: bool = False) -> None:
         super().__init__()
-        self.mean = MemberLinear(members, width, out_dim)
-        self.var = MemberLinear(members, width, out_dim)
+        self.mean = MemberLinear(members, width, out_dim, role="mean")
+        self.var = MemberLinear(members, width, out_dim, role="var")
+        self.norms = nn.ModuleList(
+            [MemberBatchNorm(members, out_dim) for _ in range(2)] if batch_norm else [])
         self.var_floor = var_floor
 
     def forward(self, d: Tensor) -> tuple[Tensor, Tensor]:
-        return self.mean(d), torch.log(F.softplus(self.var(d)) + self.var_floor)
+        mean, var = self.mean(d), self.var(d)  # (S, N, z) each
+        if self.norms:
+            mean, var = self.norms[0](mean), self.norms[1](var)
+        return mean, torch.log(F.softplus(var) + self.var_floor)
 
 
 class Conditional(nn.Module):
     """A Gaussian conditional y -> (μ, log σ²) = head(MLP(y))."""
 
     def __init__(self, members: int, in_dim: int, width: int, out_dim: int, batch_norm: bool,
-                 activation: Activation, var_floor: float) -> None:
+                 activation: Activation, var_floor: float, bn_heads: bool = False) -> None:
         super().__init__()
         self.mlp = MLP(members, in_dim, width, batch_norm, activation)
-        self.head = GaussianHead(members, width, out_dim, var_floor)
+        self.head = GaussianHead(members, width, out_dim, var_floor, bn_heads)
 
     def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
         return self.head(self.mlp(y))
@@ -292,7 +331,8 @@ class HierarchicalVAE(nn.Module):
 
     def __init__(self, *, x_dim: int, z_dims: Sequence[int], mlp_dims: Sequence[int],
                  inference: str, likelihood: str, batch_norm: bool, activation: str,
-                 members: int = 1, var_floor: float = 1e-6) -> None:
+                 members: int = 1, var_floor: float = 1e-6, bn_heads: bool = False,
+                 init: InitScheme = InitScheme()) -> None:
         super().__init__()
         if inference not in ("vae", "ladder", "lvae"):
             raise ValueError(f"unknown inference {inference!r}")
@@ -300,19 +340,22 @@ class HierarchicalVAE(nn.Module):
             raise ValueError(f"inference={inference!r} needs at least 2 latent layers")
         self.x_dim, self.z_dims, self.mlp_dims = x_dim, tuple(z_dims), tuple(mlp_dims)
         self.inference, self.likelihood, self.members = inference, likelihood, members
+        self.init_scheme = init
         act = ACTIVATIONS[activation]
         depth = len(z_dims)
 
         def cond(in_dim: int, width: int, out_dim: int) -> Conditional:
-            return Conditional(members, in_dim, width, out_dim, batch_norm, act, var_floor)
+            return Conditional(members, in_dim, width, out_dim, batch_norm, act, var_floor,
+                               bn_heads)
 
         # Generative model: p(z_i | z_{i+1}) for i = 1 .. L-1, then p(x | z_1).
         self.generative = nn.ModuleList(
             [cond(z_dims[i + 1], mlp_dims[i + 1], z_dims[i]) for i in range(depth - 1)]
         )
         self.decoder_mlp = MLP(members, z_dims[0], mlp_dims[0], batch_norm, act)
-        self.decoder_mean = MemberLinear(members, mlp_dims[0], x_dim)  # logits or Gaussian mean
-        self.decoder_var = (MemberLinear(members, mlp_dims[0], x_dim)
+        # p(x|z_1) heads: never batch-normed (SPEC §2: BN on all layers except the output)
+        self.decoder_mean = MemberLinear(members, mlp_dims[0], x_dim, role="output")
+        self.decoder_var = (MemberLinear(members, mlp_dims[0], x_dim, role="var")
                             if likelihood == "gaussian" else None)
         self.var_floor = var_floor
         # Inference model.
@@ -329,7 +372,8 @@ class HierarchicalVAE(nn.Module):
                 [MLP(members, in_dims[i], mlp_dims[i], batch_norm, act) for i in range(depth)]
             )
             self.upward_heads = nn.ModuleList(
-                [GaussianHead(members, mlp_dims[i], z_dims[i], var_floor) for i in range(depth)]
+                [GaussianHead(members, mlp_dims[i], z_dims[i], var_floor, bn_heads)
+                 for i in range(depth)]
             )
             if inference == "ladder":  # separate top-down inference MLP t_i (ICML eqs 18–20)
                 self.topdown = nn.ModuleList(
@@ -352,7 +396,9 @@ class HierarchicalVAE(nn.Module):
         for member, seed in enumerate(seeds):
             generator = torch.Generator(device=device).manual_seed(int(seed))
             for module in self.modules():
-                if isinstance(module, (MemberLinear, MemberBatchNorm)):
+                if isinstance(module, MemberLinear):
+                    module.reset_member(member, generator, self.init_scheme)
+                elif isinstance(module, MemberBatchNorm):
                     module.reset_member(member, generator)
 
     def set_bn_eval_stats(self, which: str) -> None:

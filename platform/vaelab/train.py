@@ -29,7 +29,7 @@ from .config import COHORT_VARYING, TrialConfig
 from .data import Dataset, binarize, dataset_for
 from .evaluate import (ElboStats, evaluate_elbo, evaluate_iw, population_statistics,
                        posterior_means)
-from .model import HierarchicalVAE, NoiseTape, draw_normal
+from .model import HierarchicalVAE, InitScheme, NoiseTape, draw_normal
 from .objectives import ObjectiveTerms, beta_at, training_objective
 from .smoothing import OUSmoother
 
@@ -90,7 +90,8 @@ def build_model(config: TrialConfig, x_dim: int, likelihood: str, members: int
         x_dim=x_dim, z_dims=config.z_dims, mlp_dims=config.mlp_dims,
         inference=config.inference, likelihood=likelihood, batch_norm=config.batch_norm,
         activation=config.activation or DEFAULT_ACTIVATION[likelihood], members=members,
-        var_floor=config.var_floor,
+        var_floor=config.var_floor, bn_heads=config.bn_heads,
+        init=InitScheme(config.init, config.var_bias_init),
     )
 
 
@@ -216,6 +217,10 @@ class Trainer:
         objective.loss.sum().backward()
         if self.config.grad_clip > 0:
             self._clip_gradients(self.config.grad_clip)
+        if self.config.grad_clip_value > 0:  # the original code: norm clip, then elementwise
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            torch._foreach_clamp_min_(grads, -self.config.grad_clip_value)
+            torch._foreach_clamp_max_(grads, self.config.grad_clip_value)
         self.optimizer.step()
         self.step += 1
         return objective.loss.detach()
