@@ -386,15 +386,17 @@ def _epoch_line(epoch: int, epochs: int, m: dict[str, float], status: str) -> st
 @app.command()
 def report(
     name: str = typer.Argument(..., help="Study name (the MLflow experiment)"),
+    run_name: Optional[str] = typer.Option(None, "--run", help="Which run of the study (a name `vaelab ls` lists) [default: the newest]"),
     tracking_uri: Optional[str] = TrackingOpt,
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: reports/NAME]"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: reports/NAME/RUN]"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a folder that holds another run's report"),
 ) -> None:
-    """Regenerate a study's report (Parquet, tables, figures, HTML) from MLflow alone."""
+    """Regenerate a study run's report (Parquet, tables, figures, HTML) from MLflow alone."""
     with user_errors():
         from vaelab.report.build import build_report
 
         uri = _tracking_uri(tracking_uri)
-        result = build_report(name, uri, out or Path("reports") / name)
+        result = build_report(name, uri, out, run=run_name, overwrite=overwrite)
     for warning in getattr(result, "warnings", []) or []:
         typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"report: {getattr(result, 'out_dir', out)}")

@@ -5,7 +5,7 @@ Never imports torch or ray. This package file stays light (studies/ imports
 `vaelab.report.build` on first use.
 
     from vaelab.report import build_report
-    result = build_report("icml-table2", "sqlite:///mlflow.db")   # -> reports/icml-table2/
+    result = build_report("icml-table2", "sqlite:///mlflow.db")   # -> reports/icml-table2/<run name>/
 """
 
 from __future__ import annotations

@@ -1,9 +1,13 @@
-"""`build_report`: regenerate a study's report folder from MLflow alone.
+"""`build_report`: regenerate a study run's report folder from MLflow alone.
 
-    reports/<study>/
+    reports/<study>/<run name>/          (default; or any folder given)
       trials.parquet  curves.parquet  units.parquet   (schemas: report.parquet)
-      tables.md  index.html
+      tables.md  index.html  run.json
       figures/<name>.png
+
+Each study run (one `vaelab run`) has its own folder, so a 2-epoch smoke run never
+replaces the report of a long one. `run.json` names the study run a folder holds; a
+folder that holds another run's report is never written over unless asked to.
 
 Imports neither torch nor ray (mlflow only through vaelab.tracking.read). Regenerating
 from the same MLflow content gives equal Parquet tables, tables.md and index.html.
@@ -11,11 +15,14 @@ from the same MLflow content gives equal Parquet tables, tables.md and index.htm
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vaelab.report.collect import StudyData, collect_study
+import pyarrow.parquet as pq
+
+from vaelab.report.collect import ReportError, StudyData, collect_study
 from vaelab.report.figures import FIGURE_NAMES, FigureData, render_figures
 from vaelab.report.html import render_html
 from vaelab.report.markdown import render_markdown
@@ -34,6 +41,7 @@ FIGURE_CAPTIONS = {
     "curves": "test_elbo and kl_total per epoch, deepest model per variant",
 }
 _DATA_FILES = ("trials.parquet", "curves.parquet", "units.parquet", "tables.md")
+RUN_MARKER = "run.json"  # which study run the folder's report is of
 
 
 @dataclass(frozen=True)
@@ -52,8 +60,9 @@ class ReportResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def default_out_dir(study_name: str, root: Path | str = "reports") -> Path:
-    return Path(root) / study_name
+def default_out_dir(study_name: str, run_name: str = "", root: Path | str = "reports") -> Path:
+    """reports/<study>/<run name>: one folder per study run, so runs never collide."""
+    return Path(root) / study_name / run_name if run_name else Path(root) / study_name
 
 
 def default_cache_dir() -> Path:
@@ -67,17 +76,24 @@ def build_report(
     tracking_uri: str,
     out_dir: Path | str | None = None,
     *,
+    run: str | None = None,
+    overwrite: bool = False,
     cache_dir: Path | str | None = None,
     workers: int = 4,
 ) -> ReportResult:
-    """Read the study from MLflow and write its report into `out_dir` (default reports/<study>).
+    """Read one study run from MLflow and write its report into `out_dir`.
 
-    `out_dir` is the study's own folder: the files land directly in it.
+    `run`: the study run's name or MLflow run id (None: the newest). `out_dir` (default
+    reports/<study>/<run name>) receives the files directly. A folder that already holds
+    the report of another study run raises ReportError unless `overwrite`.
     """
-    out = Path(out_dir) if out_dir is not None else default_out_dir(study_name)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    data = collect_study(study_name, tracking_uri, cache, workers=workers)
+    data = collect_study(study_name, tracking_uri, cache, workers=workers, run=run)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(study_name, _run_name(data))
+    if not overwrite:
+        _refuse_other_run(out, data)
     out.mkdir(parents=True, exist_ok=True)
+    _write_text(out / RUN_MARKER, json.dumps(_run_identity(data), indent=1) + "\n")
     paths = _write_parquet(data, out)
     tables = build_tables(data.spec.tables, data.trials_df)
     figures, skipped = _render_figures(data, out / "figures")
@@ -99,6 +115,47 @@ def build_report(
         tables=tables,
         status_counts=summary.status_counts,
         warnings=summary.warnings,
+    )
+
+
+def _run_name(data: StudyData) -> str:
+    return data.record.parent.run_name if data.record.parent else "all-runs"
+
+
+def _run_identity(data: StudyData) -> dict[str, str | None]:
+    parent = data.record.parent
+    return {
+        "study": data.record.study,
+        "run_name": parent.run_name if parent else None,
+        "parent_run_id": parent.run_id if parent else None,
+        "budget": data.parent_tags.get("vaelab.budget"),
+    }
+
+
+def _refuse_other_run(out: Path, data: StudyData) -> None:
+    """Raise when `out` holds the report of another study run (never overwrite it silently).
+
+    The folder's run.json says whose report it is; a folder written before run.json
+    existed is recognised by the MLflow run ids in its trials.parquet: a report of the
+    same study run (rebuilt, or grown by a resume) holds no trial run this one lacks."""
+    marker, trials = out / RUN_MARKER, out / "trials.parquet"
+    parent = data.record.parent
+    if marker.is_file():
+        owner = json.loads(marker.read_text(encoding="utf-8"))
+        if owner.get("parent_run_id") == (parent.run_id if parent else None):
+            return
+        other = f"study {owner.get('study')!r}, run {owner.get('run_name')!r}"
+    elif trials.is_file():
+        held = set(pq.read_table(trials, columns=["mlflow_run_id"]).column(0).to_pylist())
+        if held <= {t.run_id for t in data.record.trials}:
+            return
+        other = f"{len(held)} trial runs that study run {_run_name(data)!r} does not have"
+    else:
+        return
+    raise ReportError(
+        f"{out} holds the report of another run ({other}); it is left as it is. Write this "
+        f"one elsewhere with --out DIR (default reports/{data.record.study}/<run name>), "
+        "or pass --overwrite to replace it"
     )
 
 

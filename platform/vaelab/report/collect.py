@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import ValidationError
 
+from vaelab.errors import VaelabError
 from vaelab.report import parquet
 from vaelab.report.spec import ReportSpec
 from vaelab.tracking.read import (
@@ -28,7 +29,7 @@ from vaelab.tracking.read import (
 )
 
 
-class ReportError(ValueError):
+class ReportError(VaelabError, ValueError):
     """The study's MLflow content cannot be turned into a report (named cause)."""
 
 
@@ -58,9 +59,12 @@ class StudyData:
         return dict(self.record.parent.study_yaml or {}) if self.record.parent else {}
 
 
-def collect_study(study_name: str, tracking_uri: str, cache_dir: Path, workers: int = 4) -> StudyData:
-    """Read one study from MLflow and build its tables and frames."""
-    record = read_study(study_name, tracking_uri)
+def collect_study(
+    study_name: str, tracking_uri: str, cache_dir: Path, workers: int = 4, run: str | None = None
+) -> StudyData:
+    """Read one study run (`run`: its name or MLflow id; None: the newest) from MLflow and
+    build its tables and frames."""
+    record = read_study(study_name, tracking_uri, run)
     warnings = list(record.warnings)
     spec = report_spec(record)
     histories = read_histories(tracking_uri, record.trials, workers=workers)

@@ -970,7 +970,7 @@ def _conclude(
     echo(summary_table(rows, plan_metric))
     out = None
     if build_report and rows:
-        out = _build_report(info, report_dir, echo)
+        out = _build_report(info, name, report_dir, echo)
     return StudyResult(
         name=name, study=info.study, parent_run_id=info.parent_run_id,
         experiment_path=experiment_path, tracking_uri=tracking.redact_uri(info.tracking_uri),
@@ -1039,17 +1039,21 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _build_report(info: tracking.StudyRunInfo, out_dir: Optional[Path], echo: Callable[[str], None]) -> Optional[Path]:
+def _build_report(
+    info: tracking.StudyRunInfo, run_name: str, out_dir: Optional[Path], echo: Callable[[str], None]
+) -> Optional[Path]:
+    """The run's report in its own folder (default reports/<study>/<run name>)."""
     try:
         from vaelab.report.build import build_report
     except ImportError:
         echo("report: vaelab.report.build is not available; skipped")
         return None
-    out = Path(out_dir or Path("reports") / info.study).resolve()
+    out = Path(out_dir or report_dir_for(Path.cwd(), info.study, run_name)).resolve()
     try:
-        build_report(info.study, info.tracking_uri, out)
+        build_report(info.study, info.tracking_uri, out, run=info.parent_run_id)
     except Exception as err:  # noqa: BLE001 - the study itself succeeded; say why the report did not
-        echo(f"report: failed ({type(err).__name__}: {err}); rerun with `vaelab report {info.study}`")
+        echo(f"report: failed ({type(err).__name__}: {err}); rerun with "
+             f"`vaelab report {info.study} --run {run_name}`")
         return None
     echo(f"report: {out}")
     return out
@@ -1115,7 +1119,8 @@ def run_study(
         )
         results, interrupted = _fit(tuner)
         result = _conclude(results, info, run_name, experiment_path, plan.metric, build_report=report,
-                           report_dir=report_dir or cwd / "reports" / plan.study, interrupted=interrupted,
+                           report_dir=report_dir or report_dir_for(cwd, plan.study, run_name),
+                           interrupted=interrupted,
                            echo=echo)
         if interrupted:
             echo(f"interrupted: continue with `vaelab resume {run_name}`")
@@ -1144,7 +1149,7 @@ def resume_study(
     meta = read_sidecar(experiment_path)
     uri = _resume_tracking_uri(meta, tracking_uri)
     uri = tracking.check_reachable(uri)
-    report_dir = report_dir or Path.cwd() / "reports" / meta["study"]
+    report_dir = report_dir or report_dir_for(Path.cwd(), meta["study"], name)
     _leave_job_working_directory()
     started = connect_ray(address, uri)
     try:
@@ -1220,6 +1225,11 @@ def _leave_job_working_directory() -> None:
     absolute by now; Tune and native libraries still call getcwd(), so move out first."""
     if (job_runtime_env() or {}).get("working_dir"):
         os.chdir(tempfile.gettempdir())
+
+
+def report_dir_for(cwd: Path, study: str, run_name: str) -> Path:
+    """reports/<study>/<run name>: each run's report in its own folder (never another run's)."""
+    return cwd / "reports" / study / run_name
 
 
 def default_run_name(plan: LaunchPlan) -> str:

@@ -40,6 +40,8 @@ from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
 from vaelab.config import TrialConfig
+from vaelab.errors import VaelabError
+from vaelab.tracking.write import TAG_RUN_NAME, require_existing_store
 
 ROLE_TAG = "vaelab.role"
 PARENT_TAG = "mlflow.parentRunId"
@@ -56,8 +58,8 @@ _PAGE_SIZE = 1000
 _CACHE_MARKER = ".vaelab-complete.json"
 
 
-class StudyNotFoundError(LookupError):
-    """No MLflow experiment (or no runs) for the study name."""
+class StudyNotFoundError(VaelabError, LookupError):
+    """No MLflow experiment (or no study run of the given name) for the study name."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class StudyRun:
     tags: dict[str, str]
     study_yaml: dict[str, Any] | None  # parsed study.yaml, None when the artifact is absent
     start_time_ms: int
+    run_name: str = ""  # tag vaelab.run_name (the Tune experiment folder), else MLflow's run name
 
 
 @dataclass(frozen=True)
@@ -199,22 +202,25 @@ def _quiet_downloads() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
-def read_study(study_name: str, tracking_uri: str) -> StudyRecord:
-    """The study's parent run (with its parsed study.yaml) and its trial runs.
+def read_study(study_name: str, tracking_uri: str, run: str | None = None) -> StudyRecord:
+    """A study run (parent run with its parsed study.yaml) and its trial runs.
 
-    One paginated search over the experiment; runs are split into parent/trials here.
-    Raises StudyNotFoundError when there is no experiment named `study_name`.
+    `run`: the study run's name (as `vaelab run` printed it) or MLflow run id; None: the
+    newest. One paginated search over the experiment; runs are split into parent/trials
+    here. Raises StudyNotFoundError when there is no experiment named `study_name`, or no
+    study run named `run` (the message lists the names there are).
     """
+    require_existing_store(tracking_uri)  # a read never creates a tracking database
     client = open_client(tracking_uri)
     experiment = client.get_experiment_by_name(study_name)
     if experiment is None:
         raise StudyNotFoundError(
             f"no MLflow experiment named {study_name!r} at {tracking_uri} "
-            "(the experiment name is the study name)"
+            "(the experiment name is the study name; `vaelab ls` lists them)"
         )
     runs = _search_all_runs(client, experiment.experiment_id)
     warnings: list[str] = []
-    parent_run = _pick_parent(runs, warnings)
+    parent_run = _pick_parent(runs, warnings) if run is None else _named_parent(study_name, runs, run)
     parent = _study_run(client, parent_run, warnings) if parent_run is not None else None
     trials = _trial_runs(runs, parent_run, warnings)
     return StudyRecord(
@@ -247,20 +253,40 @@ def _role(run: Run) -> str:
     return run.data.tags.get(ROLE_TAG, "")
 
 
-def _pick_parent(runs: list[Run], warnings: list[str]) -> Run | None:
+def study_run_name(run: Run) -> str:
+    """The name `vaelab run` gave a study run (its Tune experiment folder)."""
+    return run.data.tags.get(TAG_RUN_NAME) or run.info.run_name or run.info.run_id
+
+
+def _study_runs(runs: list[Run]) -> list[Run]:
+    """The experiment's study (parent) runs, newest first."""
     parents = [r for r in runs if _role(r) == STUDY_ROLE]
+    return sorted(parents, key=lambda r: (r.info.start_time or 0, r.info.run_id), reverse=True)
+
+
+def _pick_parent(runs: list[Run], warnings: list[str]) -> Run | None:
+    parents = _study_runs(runs)
     if not parents:
         warnings.append(
             f"no parent run (tag {ROLE_TAG}={STUDY_ROLE}): every trial run of the experiment is used"
         )
         return None
-    parents.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id), reverse=True)
     if len(parents) > 1:
+        others = ", ".join(study_run_name(r) for r in parents[1:])
         warnings.append(
-            f"{len(parents)} study runs in the experiment; the newest ({parents[0].info.run_id}) "
-            "is reported, trials of the others are ignored"
+            f"{len(parents)} study runs in the experiment; the newest ({study_run_name(parents[0])}) "
+            f"is reported; pick another with --run NAME: {others}"
         )
     return parents[0]
+
+
+def _named_parent(study_name: str, runs: list[Run], name: str) -> Run:
+    parents = _study_runs(runs)
+    for run in parents:
+        if name in (study_run_name(run), run.info.run_id):
+            return run
+    names = ", ".join(study_run_name(r) for r in parents) or "none"
+    raise StudyNotFoundError(f"study {study_name!r} has no run named {name!r}; its runs: {names}")
 
 
 def _study_run(client: MlflowClient, run: Run, warnings: list[str]) -> StudyRun:
@@ -272,6 +298,7 @@ def _study_run(client: MlflowClient, run: Run, warnings: list[str]) -> StudyRun:
         tags=dict(run.data.tags),
         study_yaml=study_yaml,
         start_time_ms=run.info.start_time or 0,
+        run_name=study_run_name(run),
     )
 
 

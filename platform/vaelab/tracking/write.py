@@ -136,6 +136,17 @@ def sqlite_path(uri: str) -> Optional[Path]:
     return Path(raw).expanduser().resolve()
 
 
+def require_existing_store(uri: str) -> None:
+    """Read-only commands (report, query, ls) must not create a tracking database: MLflow
+    makes an empty SQLite file (~1 MB) on first contact with a path that does not exist."""
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():
+        raise TrackingError(
+            f"no tracking database at {path} (from {redact_uri(uri)}): run `vaelab run` here first, "
+            "or point --tracking-uri / MLFLOW_TRACKING_URI at the mlflow.db your studies logged to"
+        )
+
+
 def redact_uri(uri: str) -> str:
     """The URI without credentials (user:password@, token=... query values): safe for tags and logs."""
     try:
@@ -779,22 +790,28 @@ def list_trial_runs(info: StudyRunInfo) -> list[dict[str, Any]]:
 
 
 def search_trial_runs(
-    tracking_uri: str, filter_string: str = "", study: Optional[str] = None
+    tracking_uri: str, filter_string: str = "", study: Optional[str] = None, run: Optional[str] = None
 ) -> list[dict[str, Any]]:
     """Trial runs matching an MLflow search filter (`params.depth = '2' and metrics.test_elbo > -90`),
-    in one study or in every study of the store."""
+    in one study or in every study of the store; `run`: only the trials of that study run
+    (its name as `vaelab run` printed it). Each row's `run_name` names its study run."""
     uri = resolve_tracking_uri(tracking_uri)
+    require_existing_store(uri)
     client = client_for(uri)
     if study:
         exp = with_retry(lambda: client.get_experiment_by_name(study), "get experiment")
         if exp is None:
-            raise TrackingError(f"no study {study!r} in {redact_uri(uri)}")
+            known = ", ".join(e.name for e in _all_experiments(client)) or "none"
+            raise TrackingError(f"no study {study!r} in {redact_uri(uri)}; studies there: {known}")
         experiment_ids = [exp.experiment_id]
     else:
         experiment_ids = [e.experiment_id for e in _all_experiments(client)]
     if not experiment_ids:
         return []
     clause = f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'"
+    if run:
+        clause += f" and tags.`{TAG_RUN_NAME}` = '{_quote(run)}'"
+    user_filter = filter_string
     filter_string = f"{clause} and {filter_string}" if filter_string.strip() else clause
 
     def call():
@@ -811,14 +828,18 @@ def search_trial_runs(
         runs = with_retry(call, "search runs", deadline_s=30)
     except MlflowException as err:
         if err.error_code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"):
-            raise TrackingError(f"bad filter {filter_string!r}: {err.message}") from err
+            raise TrackingError(f"bad filter {user_filter!r}: {err.message}") from err
         raise
+    if run and not runs and not user_filter.strip():
+        raise TrackingError(f"no trial runs of a study run named {run!r} in {redact_uri(uri)} "
+                            "(`vaelab ls` lists the run names)")
     return [trial_row(r) for r in runs]
 
 
 def list_studies(tracking_uri: str) -> list[dict[str, Any]]:
     """One row per study run (parent run) in the store: study, run name, status, budget, #trials."""
     uri = resolve_tracking_uri(tracking_uri)
+    require_existing_store(uri)
     client = client_for(uri)
     rows = []
     for exp in _all_experiments(client):
