@@ -266,19 +266,21 @@ _QUERY_METRICS = ("test_ll_iw", "test_elbo", "train_elbo", "kl_total", "active_u
 
 @app.command()
 def query(
-    filter_string: Optional[str] = typer.Argument(None, metavar="[FILTER]", help="MLflow search filter, e.g. \"params.depth = '2' and metrics.test_elbo > -90\""),
+    filter_string: Optional[str] = typer.Argument(None, metavar="[FILTER]", help="MLflow search filter, e.g. \"params.inference = 'lvae' and metrics.test_elbo > -90\" (params are strings there: = != LIKE only)"),
     study: Optional[str] = typer.Option(None, "--study", help="Only this study (MLflow experiment)"),
+    run_name: Optional[str] = typer.Option(None, "--run", help="Only this run of the study (a name `vaelab ls` lists)"),
+    where: Optional[str] = typer.Option(None, "--where", help="Typed filter on params and final metrics, e.g. \"depth > 2 and test_ll_iw > -90\" (pandas query syntax)"),
     fmt: Format = typer.Option(Format.table, "--format", help="table | csv | json | parquet"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write to this file instead of stdout (required for parquet)"),
     tracking_uri: Optional[str] = TrackingOpt,
 ) -> None:
-    """Trial runs matching a filter: trial_id, variant, status, params, final metrics."""
+    """Trial runs matching a filter: study, run, trial_id, variant, status, params, final metrics."""
     with user_errors():
         from vaelab.tracking import write
 
         uri = _tracking_uri(tracking_uri)
-        rows = write.search_trial_runs(uri, filter_string or "", study)
-    frame = query_frame(rows, wide=fmt is not Format.table)
+        rows = write.search_trial_runs(uri, filter_string or "", study, run_name)
+    frame = query_frame(rows, wide=fmt is not Format.table, where=where)
     if fmt is Format.parquet:
         if out is None:
             fail("--format parquet needs --out FILE")
@@ -293,27 +295,41 @@ def query(
         typer.echo(text, nl=not text.endswith("\n"))
 
 
-def query_frame(rows: list[dict[str, Any]], wide: bool):
+def query_frame(rows: list[dict[str, Any]], wide: bool, where: Optional[str] = None):
     """One row per trial run; params typed. `wide`: every param and metric; else the
-    params that differ between the rows and the main final metrics."""
+    columns that identify a trial (study, run, trial_id, its axes: the params named in its
+    trial key, and those that differ between the rows) and the main final metrics.
+    `where`: a pandas query over the typed columns."""
     import pandas as pd
 
     from vaelab.tracking.read import typed_params
 
     records = []
     for r in rows:
-        record = {k: r[k] for k in ("study", "trial_id", "trial_key", "variant", "status")}
+        record = {k: r[k] for k in ("study", "run_name", "trial_id", "trial_key", "variant", "status")}
         record.update(typed_params(r["params"]))
         record.update(r["metrics"])
-        record["run_id"] = r["run_id"]
+        record["mlflow_run_id"] = r["run_id"]
         records.append(record)
     frame = pd.DataFrame.from_records(records)
+    if where and not frame.empty:
+        frame = _where(frame, where)
     if frame.empty or wide:
         return frame
     params = sorted({k for r in rows for k in r["params"]})
-    varying = [p for p in params if frame[p].astype(str).nunique(dropna=False) > 1]
+    axes = {part.partition("=")[0] for key in frame["trial_key"] for part in str(key).split(",")}
+    shown = [p for p in params if p in axes or frame[p].astype(str).nunique(dropna=False) > 1]
     metrics = [m for m in _QUERY_METRICS if m in frame.columns]
-    return frame[["study", "trial_id", "variant", "status", *varying, *metrics]]
+    return frame[["study", "run_name", "trial_id", "variant", "status", *shown, *metrics]]
+
+
+def _where(frame, expression: str):
+    """Rows of `frame` where the pandas expression holds; a bad one is a user error."""
+    try:
+        return frame.query(expression, engine="python")
+    except Exception as err:  # noqa: BLE001 - pandas raises many kinds; all mean a bad expression
+        columns = ", ".join(c for c in frame.columns if c not in ("trial_key", "mlflow_run_id"))
+        fail(f"--where {expression!r}: {type(err).__name__}: {err}; columns: {columns}")
 
 
 def _render(frame, fmt: Format) -> str:
@@ -352,8 +368,9 @@ def train(
 
 
 def _train(config: Any, out: Optional[Path]) -> tuple[dict[str, Any], str]:
-    from vaelab.train import Trainer
+    from vaelab.train import Trainer, available_cpus, use_cpu_threads
 
+    use_cpu_threads(available_cpus())  # alone: every CPU this process may use
     trainer = Trainer([config])
     final: dict[str, Any] = {}
     status = "running"

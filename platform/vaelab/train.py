@@ -66,6 +66,26 @@ class _Schedule:
                 for w, h, a in zip(self.warmup_epochs, self.hold_steps, self.anneal_steps)]
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's or taskset's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def use_cpu_threads(cpus: float) -> int:
+    """Give torch exactly the CPUs a trial was allotted: intra-op threads = cpus (at least 1).
+
+    Two trials packed on one node that each spin up one thread per core oversubscribe it
+    (two 2-thread torch processes on 2 cores ran 10–40× slower than one: benchmarks/
+    RESULTS.md), so the caller passes its Ray CPU allotment, or all CPUs when alone.
+    """
+    threads = max(1, int(cpus))
+    torch.set_num_threads(threads)
+    return threads
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -46,7 +46,8 @@ COHORT_KEY = "cohort"  # grid/random: {"index": i, "members": [TrialSpec dicts]}
 PARAMS_KEY = "params"  # optuna: the sampled point (axis -> value; a bundled axis takes a label)
 SIDECAR = "vaelab_study.json"  # in the Tune experiment directory: what `resume` needs
 CHECKPOINT_FILE = "checkpoint.pt"
-STATUS_METRIC = "vaelab_status"  # in Tune results: running | finished | diverged
+STATUS_METRIC = "vaelab_status"  # in Tune results: running | finished | diverged | invalid
+ENDED_STATUSES = ("finished", "diverged", "invalid")  # a trial with one of these reached its end
 METRICS_SENT = "vaelab_metrics_sent"  # in Tune results: metric values sent to MLflow that epoch
 # Fault injection for tests only: the trial process exits hard after reporting a
 # checkpoint at epoch >= VAELAB_TEST_KILL_AT_EPOCH, once (the marker file records it).
@@ -261,6 +262,44 @@ def read_sidecar(experiment_path: str) -> dict[str, Any]:
         ) from err
 
 
+def stored_runs(storage: str) -> list[dict[str, Any]]:
+    """The sidecars of every vaelab study run under `storage`, newest first."""
+    import pyarrow.fs
+
+    fs, inner = _filesystem(storage)
+    try:
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(inner, allow_not_found=True))
+    except OSError:
+        return []
+    runs = []
+    for entry in entries:
+        if entry.type != pyarrow.fs.FileType.Directory:
+            continue
+        try:
+            runs.append(read_sidecar(_join(storage, entry.base_name)))
+        except (RunnerError, ValueError):
+            continue
+    return sorted(runs, key=lambda m: (m.get("created", ""), m.get("run_name", "")), reverse=True)
+
+
+def find_run_name(storage: str, name: str) -> str:
+    """The run `vaelab resume NAME` means: the run named NAME, else the only run whose name
+    starts with NAME (a study name, or STUDY-BUDGET). Several or none: an error listing
+    the runs there are."""
+    if _exists(_join(storage, name)):
+        return name
+    runs = [m.get("run_name", "") for m in stored_runs(storage)]
+    matches = [r for r in runs if r.startswith(name)]
+    if len(matches) == 1:
+        return matches[0]
+    listed = ", ".join(matches or runs) or "none"
+    if matches:
+        raise RunnerError(f"{name!r} matches several runs in {storage}: {listed} (newest first); "
+                          "name one of them")
+    raise RunnerError(f"no vaelab study run {name!r} in {storage}; the runs there: {listed} "
+                      "(or check --storage)")
+
+
 # =========================================================================== the trainable
 
 
@@ -274,13 +313,19 @@ def cohort_trainable(config: dict[str, Any]) -> None:
     from ray import tune
 
     from vaelab.config import trial_config
-    from vaelab.train import Trainer
+    from vaelab.train import Trainer, use_cpu_threads
 
+    # exactly the CPUs Tune gave this trial: packed trials must not oversubscribe a node
+    use_cpu_threads(ray_assigned_cpus())
     ctx = config[CTX_KEY]
     cohort_id = tune.get_context().get_trial_id()
     members = _cohort_members(config, cohort_id)
     if not members:  # an optuna point the study excludes: report it as a failed point
         tune.report({ctx["metric"]: math.nan, STATUS_METRIC: "invalid"})
+        return
+    ended = _ended_payload(ctx, members)
+    if ended is not None:  # every member already ended in MLflow: report that, train nothing
+        tune.report(ended)
         return
     configs = [trial_config(m.config) for m in members]
     try:
@@ -315,6 +360,26 @@ def cohort_trainable(config: dict[str, Any]) -> None:
     except BaseException as err:
         _end_open_runs(runs, "failed", f"{type(err).__name__}: {err}")
         raise
+
+
+def _ended_payload(ctx: Mapping[str, Any], members: Sequence[Member]) -> Optional[dict[str, Any]]:
+    """The Tune result of a cohort whose members' MLflow runs all ended (finished or
+    diverged), else None. Tune's saved experiment state can lag behind MLflow (a Ctrl-C or
+    a killed driver right after a trial's last epoch): MLflow, which the user sees, decides
+    what `vaelab resume` reruns."""
+    return None
+    ended = tracking.ended_trial_runs(_run_info(ctx), [m.trial_id for m in members])
+    if len(ended) < len(members):
+        return None
+    rows = [ended[m.trial_id] for m in members]
+    payload = {k: float(v) for k, v in rows[0]["metrics"].items()}
+    metric = ctx.get("metric")
+    if metric and metric not in payload:
+        payload[metric] = math.nan
+    diverged = sum(r["status"] == "diverged" for r in rows)
+    payload.update({"members": len(rows), "members_diverged": diverged, METRICS_SENT: 0,
+                    STATUS_METRIC: "diverged" if diverged == len(rows) else "finished"})
+    return payload
 
 
 def _cohort_members(config: Mapping[str, Any], cohort_id: str) -> list[Member]:
@@ -605,9 +670,11 @@ def progress_line(
 ) -> str:
     """`[vaelab 0:01:23] 3/8 done · 2 running · 0 failed · 1 diverged · best test_ll_iw -85.31 · ETA 0:02:10`.
 
+    `done` counts trials that reached their end (last epoch, or diverged); a trial Tune
+    ended before that (Ctrl-C, a scheduler) is `stopped`, one never started is in neither.
     ETA: the work left (in trials; a running trial counts by its share of epochs done)
     at the rate work was done so far in this session."""
-    done = running = failed = diverged = 0
+    done = running = failed = diverged = stopped = 0
     work_done = 0.0  # this session, in trials
     work_left = float(max(total - len(trials), 0))  # trials not even created yet
     best: Optional[float] = None
@@ -616,10 +683,13 @@ def progress_line(
         it = int(result.get("training_iteration", 0) or 0)
         first = iters_at_start.setdefault(trial.trial_id, it)
         epochs = max(_trial_epochs(trial.config), 1)
-        if trial.status == "TERMINATED":
+        if trial.status == "TERMINATED" and result.get(STATUS_METRIC) in ENDED_STATUSES:
             done += 1
             diverged += result.get(STATUS_METRIC) == "diverged"
             work_done += 1.0 - min(first / epochs, 1.0)
+        elif trial.status == "TERMINATED":
+            stopped += 1
+            work_done += max(it - first, 0) / epochs
         elif trial.status == "ERROR":
             failed += 1
         else:
@@ -636,6 +706,8 @@ def progress_line(
     else:
         eta = _clock(elapsed / work_done * work_left) if work_done > 0.05 else "?"
     parts = [f"{done}/{total} done", f"{running} running", f"{failed} failed"]
+    if stopped:
+        parts.append(f"{stopped} stopped")
     if diverged:
         parts.append(f"{diverged} diverged")
     parts.append(f"best {metric} {best:.4g}" if best is not None else f"best {metric} -")
@@ -821,6 +893,13 @@ def check_cluster_storage(
             "network's access control) and pass --tracking-uri http://HOST:PORT, or pass "
             "--shared-storage if the file is on a filesystem every node mounts"
         )
+
+
+def ray_assigned_cpus() -> float:
+    """CPUs Ray assigned to the calling task or actor (1 when it says nothing)."""
+    import ray
+
+    return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)) or 1.0
 
 
 def _cpu_slots(resources: Mapping[str, float]) -> int:
@@ -1145,11 +1224,15 @@ def resume_study(
     """Continue an interrupted study: unfinished and errored trials resume from their last
     checkpoint; finished trials are not rerun (Tuner.restore)."""
     storage_uri = resolve_storage(storage)
+    name = find_run_name(storage_uri, name)
     experiment_path = _join(storage_uri, name)
     meta = read_sidecar(experiment_path)
     uri = _resume_tracking_uri(meta, tracking_uri)
     uri = tracking.check_reachable(uri)
     report_dir = report_dir or report_dir_for(Path.cwd(), meta["study"], name)
+    info = tracking.StudyRunInfo(uri, meta["experiment_id"], meta["parent_run_id"], meta["study"])
+    if address in (None, "", "local"):  # the same pre-flight check as `vaelab run`
+        check_dataset_pairs(_resume_datasets(meta, info))
     _leave_job_working_directory()
     started = connect_ray(address, uri)
     try:
@@ -1158,9 +1241,10 @@ def resume_study(
 
         if not tune.Tuner.can_restore(experiment_path):
             raise RunnerError(f"{experiment_path} has no Ray Tune experiment state to resume")
-        info = tracking.StudyRunInfo(uri, meta["experiment_id"], meta["parent_run_id"], meta["study"])
         tracking.reopen_study_run(info)
-        echo(f"resuming {name} (study {meta['study']}) from {experiment_path}")
+        ended = sum(r["status"] in ("finished", "diverged") for r in tracking.list_trial_runs(info))
+        echo(f"resuming {name} (study {meta['study']}) from {experiment_path}: {ended} trial run(s) "
+             "already ended in MLflow are not rerun")
         if not is_remote_storage(experiment_path):
             for missing, source in tune_state.repair_missing_checkpoints(Path(experiment_path)):
                 echo(f"  {missing.parent.name}: {missing.name} (named by Tune's last saved state, deleted "
@@ -1187,6 +1271,7 @@ def _fit(tuner: Any) -> tuple[Any, bool]:
     # traceback stays in its error.txt (the callback prints where).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    _quiet_ray_hints()
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     interrupted = {"flag": False}
 
@@ -1218,6 +1303,33 @@ def _fit(tuner: Any) -> tuple[Any, bool]:
     return results, interrupted["flag"] or unfinished
 
 
+class _RayHintFilter(logging.Filter):
+    """Drops Ray's own advice that contradicts vaelab's: "Resume experiment with:
+    Tuner.restore(...)" (vaelab prints `vaelab resume NAME`), "Trials did not complete"
+    (the progress line and summary say which), and the FileNotFoundError traceback Tune
+    logs when it deletes a checkpoint that is already gone (tune_state re-creates the
+    ones it needs)."""
+
+    _DROPPED = ("Resume experiment with", "Resume training with", "Trials did not complete")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(text in message for text in self._DROPPED):
+            return False
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, FileNotFoundError) and "deleting path" in message)
+
+
+_RAY_HINT_FILTER = _RayHintFilter()
+
+
+def _quiet_ray_hints() -> None:
+    for name in ("ray.tune.tune", "ray.train._internal.storage"):
+        logger = logging.getLogger(name)
+        if _RAY_HINT_FILTER not in logger.filters:
+            logger.addFilter(_RAY_HINT_FILTER)
+
+
 def _leave_job_working_directory() -> None:
     """The driver of `ray job submit --working-dir` runs in Ray's unpacked copy of that
     directory, and Ray 2.60 may delete it while the driver still runs (seen on the first
@@ -1238,13 +1350,22 @@ def default_run_name(plan: LaunchPlan) -> str:
     return f"{plan.study}{budget}-{stamp}"
 
 
+def plan_datasets(plan: LaunchPlan) -> list[tuple[str, Optional[str]]]:
+    """(dataset, data_dir) pairs the plan's trials read (data_dir None: found by name)."""
+    wanted = {(m.config.get("dataset", "mnist"), m.config.get("data_dir")) for c in plan.cohorts for m in c}
+    return sorted(wanted, key=str)
+
+
 def check_datasets(plan: LaunchPlan) -> None:
     """Every dataset the trials read is present (and passes its checksum) before any trial
     starts: a missing file would otherwise fail every trial max_failures + 1 times."""
+    check_dataset_pairs(plan_datasets(plan))
+
+
+def check_dataset_pairs(pairs: Iterable[Sequence[Optional[str]]]) -> None:
     from vaelab import data
 
-    wanted = {(m.config.get("dataset", "mnist"), m.config.get("data_dir")) for c in plan.cohorts for m in c}
-    for name, data_dir in sorted(wanted, key=str):
+    for name, data_dir in pairs:
         if "missing" in data.verify(name, data_dir).values():
             data.load_arrays(name, data_dir)  # raises MissingDataError: which files, and how to fetch them
 
@@ -1287,8 +1408,18 @@ def _sidecar(plan: LaunchPlan, info: tracking.StudyRunInfo, run_name: str, uri: 
         "metric": plan.metric,
         "mode": plan.mode,
         "n_trials": plan.n_trials,
+        "datasets": plan_datasets(plan),  # `vaelab resume` checks them before Ray starts
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _resume_datasets(meta: Mapping[str, Any], info: tracking.StudyRunInfo) -> list[tuple[str, Optional[str]]]:
+    """The datasets a resumed study reads: from the sidecar, else (a run started before
+    the sidecar listed them) from the params of its trial runs in MLflow."""
+    if meta.get("datasets") is not None:
+        return [(name, data_dir) for name, data_dir in meta["datasets"]]
+    pairs = {(r["params"].get("dataset", "mnist"), r["params"].get("data_dir")) for r in tracking.list_trial_runs(info)}
+    return sorted(((name, None if d in (None, "None") else d) for name, d in pairs), key=str)
 
 
 def _resume_tracking_uri(meta: Mapping[str, Any], given: Optional[str]) -> str:
