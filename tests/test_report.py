@@ -398,7 +398,7 @@ def test_index_html_is_self_contained(report: ReportResult) -> None:
     html = report.index_html.read_text()
     assert html.startswith("<!DOCTYPE html>")
     assert 'class="ablation"' in html and "http://" not in html and "https://" not in html
-    assert html.count("<table") == len(report.tables)
+    assert html.count('<table class="ablation"') == len(report.tables)
 
 
 def _chromium() -> str | None:

@@ -419,6 +419,56 @@ def report(
     typer.echo(f"report: {getattr(result, 'out_dir', out)}")
 
 
+@app.command()
+def claims(
+    name: str = typer.Argument(..., help="Study name (the MLflow experiment)"),
+    run_name: Optional[str] = typer.Option(None, "--run", help="Which run of the study [default: the newest]"),
+    tracking_uri: Optional[str] = TrackingOpt,
+    from_dir: Optional[Path] = typer.Option(None, "--from", help="A report folder: test its trials.parquet instead of reading MLflow"),
+    study_file: Optional[Path] = typer.Option(None, "--study-file", help="Take the claims from this study YAML [default: the run's stored study.yaml; with --from, ablations/NAME.yaml]"),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 when a claim is contradicted (for CI)"),
+) -> None:
+    """Test the papers' claims of a study's `report:` section over the seeds and print the verdicts."""
+    with user_errors():
+        from vaelab.report.analysis import analyse, inputs_from_folder, inputs_from_mlflow, status_line
+        from vaelab.report.claims import format_claims
+
+        if from_dir is not None:
+            study_file = study_file or Path("ablations") / f"{name}.yaml"
+            inputs = None
+            trials, origin, stored = inputs_from_folder(from_dir), str(from_dir / "trials.parquet"), {}
+        else:
+            inputs = inputs_from_mlflow(name, _tracking_uri(tracking_uri), run_name)
+            trials, origin, stored = inputs.trials, inputs.origin, inputs.study_yaml
+        spec, study_yaml, spec_origin = _claims_spec(study_file, inputs, stored)
+        result = analyse(spec, trials, study_yaml)
+    for warning in inputs.warnings if inputs else []:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(f"study {name}: trials from {origin} ({status_line(trials)}); claims from {spec_origin}; α = {spec.alpha:g}")
+    if not result.claims:
+        typer.echo("no claims: add them to the study's report.claims")
+    for line in format_claims(result.claims):
+        typer.echo(line)
+    if result.drivers is not None:
+        from vaelab.report.drivers import summary_lines
+
+        typer.echo("\n".join(summary_lines(result.drivers)))
+    if strict and result.contradicted:
+        typer.echo(f"{len(result.contradicted)} claim(s) contradicted: {', '.join(c.spec.name for c in result.contradicted)}", err=True)
+        raise typer.Exit(1)
+
+
+def _claims_spec(study_file: Optional[Path], inputs: Any, stored: dict[str, Any]) -> tuple[Any, dict[str, Any], str]:
+    """(report spec, study yaml for the search mode, where the claims came from)."""
+    if study_file is None:
+        return inputs.spec, stored, "the study run's stored study.yaml"
+    from vaelab.studies import load_study
+
+    study = load_study(study_file)  # validated: claims must name what the grid has
+    search = {"mode": study.search.mode, "metric": study.search.metric}
+    return study.report, {**stored, "search": search}, f"{study_file} (report.claims)"
+
+
 # --------------------------------------------------------------------------- server
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

@@ -3,6 +3,7 @@
     reports/<study>/<run name>/          (default; or any folder given)
       trials.parquet  curves.parquet  units.parquet   (schemas: report.parquet)
       tables.md  index.html  run.json
+      claims.parquet  tables.tex      (claims: report.claims; LaTeX: report.latex)
       figures/<name>.png
 
 Each study run (one `vaelab run`) has its own folder, so a 2-epoch smoke run never
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from vaelab.report.analysis import PARALLEL, PARALLEL_CAPTION, analyse, write_analysis
 from vaelab.report.collect import ReportError, StudyData, collect_study
 from vaelab.report.figures import FIGURE_NAMES, FigureData, render_figures
 from vaelab.report.html import render_html
@@ -39,6 +41,7 @@ FIGURE_CAPTIONS = {
     "prior_samples": "Generated images with z* ~ N(0, I) injected at each layer (ICML Fig 6b)",
     "kl_vs_rho": "Top-layer KL vs OU smoothing ρ, one line per model config (Hermite VAE phase transition)",
     "curves": "test_elbo and kl_total per epoch, deepest model per variant",
+    PARALLEL: PARALLEL_CAPTION,
 }
 _DATA_FILES = ("trials.parquet", "curves.parquet", "units.parquet", "tables.md")
 RUN_MARKER = "run.json"  # which study run the folder's report is of
@@ -96,11 +99,14 @@ def build_report(
     _write_text(out / RUN_MARKER, json.dumps(_run_identity(data), indent=1) + "\n")
     paths = _write_parquet(data, out)
     tables = build_tables(data.spec.tables, data.trials_df)
+    analysis = analyse(data.spec, data.trials_df, data.study_yaml)
     figures, skipped = _render_figures(data, out / "figures")
+    files, driver_figures = write_analysis(data.record.study, analysis, tables, data.trials_df, out)
+    figures.update(driver_figures)
     summary = summarize(data)
     relative = {name: f"figures/{path.name}" for name, path in figures.items()}
-    paths["tables.md"] = _write_text(out / "tables.md", render_markdown(summary, tables, relative, skipped))
-    html = render_html(summary, tables, relative, skipped, FIGURE_CAPTIONS, list(_DATA_FILES))
+    paths["tables.md"] = _write_text(out / "tables.md", render_markdown(summary, tables, relative, skipped, analysis))
+    html = render_html(summary, tables, relative, skipped, FIGURE_CAPTIONS, list(_DATA_FILES) + list(files), analysis)
     index = _write_text(out / "index.html", html)
     return ReportResult(
         study=study_name,

@@ -9,6 +9,9 @@ from __future__ import annotations
 from html import escape
 
 from vaelab.report import order
+from vaelab.report.analysis import Analysis
+from vaelab.report.claims import ClaimResult, ci_text, n_text, number, p_text
+from vaelab.report.drivers import Drivers
 from vaelab.report.summary import Summary
 from vaelab.report.tables import TOTAL, TableResult
 
@@ -30,6 +33,16 @@ ul.table-notes li { color: #8a4b00; }
 figure { margin: 1.5rem 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { color: #555; font-size: .9em; }
 .missing { color: #b00; font-weight: 600; }
+section.claims { border: 1px solid #ddd; border-radius: 6px; padding: .2rem 1rem 1rem; background: #fcfcfd; }
+.claim h3 { font-size: 1.05rem; margin: 1.2rem 0 .3rem; }
+.verdict { display: inline-block; padding: .05rem .5rem; border-radius: 3px; font-weight: 600; color: #fff; }
+.verdict.holds { background: #1f7a3a; } .verdict.contradicted { background: #b3261e; }
+.verdict.inconclusive { background: #7a6a00; }
+table.claim-cells, table.drivers { border-collapse: collapse; margin: .4rem 0; font-variant-numeric: tabular-nums; }
+table.claim-cells th, table.claim-cells td, table.drivers th, table.drivers td { border: 1px solid #ccc; padding: .2rem .5rem; text-align: right; }
+table.claim-cells th, table.drivers th { background: #f0f0f0; }
+table.claim-cells td.text, table.drivers td.text { text-align: left; }
+.source { color: #555; font-style: italic; }
 """
 
 _SCRIPT = """
@@ -55,6 +68,7 @@ def render_html(
     skipped: dict[str, str],
     captions: dict[str, str],
     files: list[str],
+    analysis: Analysis | None = None,
 ) -> str:
     """The whole index.html; `figures` and `files` are paths relative to the report folder."""
     body = [f"<h1>Study <code>{escape(summary.study)}</code></h1>"]
@@ -62,9 +76,13 @@ def render_html(
         body.append(f'<div class="notes">{escape(summary.notes)}</div>')
     body.append(_facts(summary))
     body += [f'<p class="warning">warning: {escape(w)}</p>' for w in summary.warnings]
+    if analysis is not None and analysis.claims:
+        body.append(claims_html(analysis.claims))
     body += [table_html(t) for t in tables]
     if not tables:
         body.append("<p>The study's <code>report:</code> section names no tables.</p>")
+    if analysis is not None and analysis.drivers is not None:
+        body.append(drivers_html(analysis.drivers))
     body.append(_figures(figures, skipped, captions))
     body.append(_files(files))
     return (
@@ -118,6 +136,62 @@ def _cell(table: TableResult, row: object, column: object) -> str:
     paper = f' <span class="paper">· {escape(cell.paper_text())}</span>' if cell.paper is not None else ""
     klass = ' class="best"' if best else ""
     return f'<td{klass}>{ours} <span class="counts">{escape(cell.counts())}</span>{paper}</td>'
+
+
+def claims_html(claims: list[ClaimResult]) -> str:
+    alpha = claims[0].alpha
+    level = f"{1 - alpha:.0%}"
+    parts = [
+        '<section class="claims" id="claims">',
+        "<h2>Claims</h2>",
+        f'<p class="caption">{len(claims)} claims of the papers tested at α = {alpha:g}. Effect = difference of means '
+        f"(a − b, or value − threshold) with its {level} t-interval; p two-sided, paired by seed where both sides share "
+        "seeds; Holm-corrected p where a claim combines several comparisons.</p>",
+    ]
+    for claim in claims:
+        spec = claim.spec
+        methods = "; ".join(sorted({c.method for c in claim.comparisons}))
+        parts += [
+            f'<div class="claim" id="claim-{escape(spec.name)}" data-verdict="{escape(claim.verdict)}">',
+            f'<h3><span class="verdict {escape(claim.verdict)}">{escape(claim.verdict)}</span> {escape(spec.name)}</h3>',
+            f'<p>{escape(spec.statement)} <span class="source">— {escape(spec.source)}</span></p>',
+            f"<p>Tested: {escape(claim.side_text())}; {escape(claim.why)}.{' Test: ' + escape(methods) + '.' if methods else ''}</p>",
+        ]
+        if claim.comparisons:
+            head = "".join(f"<th>{h}</th>" for h in ("cell", "vs", "effect", f"{level} CI", "n", "p", "p (Holm)", "verdict"))
+            rows = "".join(
+                f'<tr><td class="text">{escape(c.cell)}</td><td class="text">{escape(c.b)}</td><td>{escape(number(c.effect))}</td>'
+                f"<td>{escape(ci_text(c))}</td><td>{escape(n_text(c))}</td><td>{escape(p_text(c.p))}</td>"
+                f'<td>{escape(p_text(c.p_holm))}</td><td class="text">{escape(c.verdict)} ({escape(c.reason)})</td></tr>'
+                for c in claim.comparisons
+            )
+            parts.append(f'<table class="claim-cells"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
+        if claim.left_out:
+            parts.append('<ul class="table-notes">' + "".join(f"<li>left out: {escape(n)}</li>" for n in claim.left_out) + "</ul>")
+        parts.append("</div>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def drivers_html(drivers: Drivers) -> str:
+    if drivers.kind == "importance":
+        head = "<th>axis</th><th>importance</th>"
+        rows = "".join(f'<tr><td class="text">{escape(r.axis)}</td><td>{r.importance:.3f}</td></tr>' for r in drivers.table.itertuples())
+    else:
+        head = "".join(f"<th>{h}</th>" for h in ("axis", "level", "n", "mean", "effect", "axis spread"))
+        rows = "".join(
+            f'<tr><td class="text">{escape(r.axis)}</td><td class="text">{escape(r.level)}</td><td>{r.n}</td>'
+            f"<td>{r.mean:.2f}</td><td>{escape(number(r.effect))}</td><td>{r.spread:.2f}</td></tr>"
+            for r in drivers.table.itertuples()
+        )
+    notes = "".join(f"<li>{escape(n)}</li>" for n in drivers.notes)
+    return (
+        f'<section class="drivers" id="drivers"><h2>{escape(drivers.title)}</h2>'
+        f'<p class="caption">{escape(drivers.method)}; {drivers.n_trials} finished trials.</p>'
+        f'<table class="drivers"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+        + (f'<ul class="table-notes">{notes}</ul>' if notes else "")
+        + "</section>"
+    )
 
 
 def _figures(figures: dict[str, str], skipped: dict[str, str], captions: dict[str, str]) -> str:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from vaelab.report import order
+from vaelab.report.analysis import Analysis
+from vaelab.report.claims import ClaimResult, ci_text, n_text, number, p_text
+from vaelab.report.drivers import Drivers
 from vaelab.report.summary import Summary
 from vaelab.report.tables import TOTAL, TableResult
 
 
 def render_markdown(
-    summary: Summary, tables: list[TableResult], figures: dict[str, str], skipped: dict[str, str]
+    summary: Summary,
+    tables: list[TableResult],
+    figures: dict[str, str],
+    skipped: dict[str, str],
+    analysis: Analysis | None = None,
 ) -> str:
     """The whole tables.md; `figures` maps name -> path relative to the report folder."""
     lines = [f"# Study `{summary.study}`", ""]
@@ -18,10 +25,14 @@ def render_markdown(
     lines.append("")
     lines += [f"> warning: {_escape(w)}" for w in summary.warnings]
     lines += [""] if summary.warnings else []
+    if analysis is not None and analysis.claims:
+        lines += claims_markdown(analysis.claims) + [""]
     for table in tables:
         lines += table_markdown(table) + [""]
     if not tables:
         lines += ["_The study's `report:` section names no tables._", ""]
+    if analysis is not None and analysis.drivers is not None:
+        lines += drivers_markdown(analysis.drivers) + [""]
     lines += _figures_markdown(figures, skipped)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -60,6 +71,51 @@ def _figures_markdown(figures: dict[str, str], skipped: dict[str, str]) -> list[
     lines += [f"![{name}]({path})" for name, path in figures.items()]
     lines += [f"- {name} skipped: {_escape(reason)}" for name, reason in skipped.items()]
     return lines + [""]
+
+
+def claims_markdown(claims: list[ClaimResult]) -> list[str]:
+    alpha = claims[0].alpha
+    verdicts = ", ".join(f"{sum(c.verdict == v for c in claims)} {v}" for v in ("holds", "contradicted", "inconclusive"))
+    lines = [
+        "## Claims",
+        "",
+        f"_{len(claims)} claims of the papers tested at α = {alpha:g} ({verdicts}). Effect = difference of means "
+        f"(a − b, or value − threshold) with its {1 - alpha:.0%} t-interval; p two-sided, paired by seed where both "
+        "sides share seeds; Holm-corrected p where a claim combines several comparisons._",
+        "",
+    ]
+    for claim in claims:
+        spec = claim.spec
+        lines += [f"### {spec.name}: **{claim.verdict}**", "", f"{_escape(spec.statement)} — _{_escape(spec.source)}_", ""]
+        lines.append(f"Tested: {_escape(claim.side_text())}; {_escape(claim.why)}.")
+        methods = sorted({c.method for c in claim.comparisons})
+        lines += [f"Test: {_escape('; '.join(methods))}." if methods else "", ""]
+        if claim.comparisons:
+            lines.append(f"| cell | vs | effect | {1 - alpha:.0%} CI | n | p | p (Holm) | verdict |")
+            lines.append("|---|---|---|---|---|---|---|---|")
+            for c in claim.comparisons:
+                cells = [c.cell, c.b, number(c.effect), ci_text(c), n_text(c), p_text(c.p), p_text(c.p_holm), f"{c.verdict} ({c.reason})"]
+                lines.append("| " + " | ".join(_escape(x) for x in cells) + " |")
+            lines.append("")
+        lines += [f"- left out: {_escape(note)}" for note in claim.left_out]
+        lines += [""] if claim.left_out else []
+    return lines
+
+
+def drivers_markdown(drivers: Drivers) -> list[str]:
+    lines = [f"## {_escape(drivers.title)}", "", f"_{_escape(drivers.method)}; {drivers.n_trials} finished trials._", ""]
+    if drivers.kind == "importance":
+        lines += ["| axis | importance |", "|---|---|"]
+        lines += [f"| {_escape(r.axis)} | {r.importance:.3f} |" for r in drivers.table.itertuples()]
+    else:
+        lines += ["| axis | level | n | mean | effect | axis spread |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"| {_escape(r.axis)} | {_escape(r.level)} | {r.n} | {r.mean:.2f} | {number(r.effect)} | {r.spread:.2f} |"
+            for r in drivers.table.itertuples()
+        ]
+    lines.append("")
+    lines += [f"- {_escape(note)}" for note in drivers.notes]
+    return lines
 
 
 def _escape(text: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 FigureName = Literal[
     "ll_vs_depth",  # ICML Fig 3: test log-likelihood vs number of latent layers, per variant
@@ -59,8 +59,60 @@ class TableSpec(BaseModel):
     column_order: list[str | int | float | bool] = Field(default_factory=list)
 
 
+Level = str | int | float | bool  # a value of a param or a variant label, as written
+
+
+class ClaimSpec(BaseModel):
+    """A paper's claim as a comparison the study's grid can answer (report/claims.py).
+
+    Two forms:
+    - compare: on `metric`, level `a` of `axis` is greater (or less, `direction`) than
+      each level in `b` (empty: every other level of `axis`), e.g. a = VAE+BN+WU,
+      b = [VAE+BN]; "a has the most" is `b: []`.
+    - threshold: `metric` is greater (less) than `threshold`.
+    `per` splits the trials into cells (one test per value, e.g. latent_dims or rho),
+    `levels` keeps only some of those values, `where` filters trials first. `combine`
+    says how the cells' tests make one verdict (see claims.py).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    statement: str  # the claim in words, e.g. "VAE+BN+WU > VAE+BN on test_ll_iw at every depth"
+    source: str  # where the paper says it, e.g. "ICML 2016 §4, Fig 3c"
+    metric: str  # a final metric: test_ll_iw, active_units, kl_layer_4, ...
+    axis: str = "variant"  # compare form: the dimension a and b are levels of
+    a: Optional[Level] = None
+    b: list[Level] = Field(default_factory=list)
+    threshold: Optional[float] = None
+    direction: Literal["greater", "less"] = "greater"
+    per: Optional[str] = None
+    levels: list[Level] = Field(default_factory=list)
+    where: dict[str, Level] = Field(default_factory=dict)
+    combine: Literal["all", "any"] = "all"
+    # t: paired t-test (Welch / one-sample t when unpaired); permutation: exact
+    # permutation test (sign flips when paired). Both from scipy.stats.
+    test: Literal["t", "permutation"] = "t"
+
+    @field_validator("b", mode="before")
+    @classmethod
+    def _one_level_is_a_list(cls, value: object) -> object:
+        return [value] if isinstance(value, (str, int, float, bool)) else value
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "ClaimSpec":
+        if (self.a is None) == (self.threshold is None):
+            raise ValueError("a claim needs either `a` (compare levels of `axis`) or `threshold`, not both")
+        if self.threshold is not None and self.b:
+            raise ValueError("`b` belongs to the compare form; a threshold claim has none")
+        if self.levels and self.per is None:
+            raise ValueError("`levels` needs `per` (the param whose values they are)")
+        return self
+
+
 class ReportSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    alpha: float = Field(0.05, gt=0.0, lt=0.5)  # the level claims are tested at
+    claims: list[ClaimSpec] = Field(default_factory=list)
     tables: list[TableSpec] = Field(default_factory=list)
     figures: list[FigureName] = Field(default_factory=list)  # empty: every figure the data allows
     notes: str = ""  # free text shown at the top of the report (budget caveats etc.)

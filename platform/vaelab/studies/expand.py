@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from vaelab.config import COHORT_VARYING, TrialConfig, trial_config
 from vaelab.errors import SpecError, SpecErrors, format_value
+from vaelab.studies.claim_checks import check_claims
 from vaelab.studies.schema import (
     plain_values,
     ANNEAL_KEYS,
@@ -279,7 +280,9 @@ def _expand_checked(study: Study, budget: str) -> tuple[list[TrialSpec], list[Sp
     if errors:
         return trials, errors
     errors += _check_scheduler(study, trials)
-    errors += check_report(study.report, [_trial_params(t) for t in trials], study.source, pinned_dims(study))
+    params = [_trial_params(t) for t in trials]
+    errors += check_report(study.report, params, study.source, pinned_dims(study))
+    errors += check_claims(study.report, params, study.source, pinned_dims(study))
     return trials, errors
 
 

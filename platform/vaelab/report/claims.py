@@ -1,0 +1,410 @@
+"""Claims: each paper claim of a study's `report:` section tested over the seeds.
+
+A claim (`report.spec.ClaimSpec`) is split into comparisons, one per cell (value of
+`per`) and, in the compare form, per level of `b`:
+
+- effect = mean(a) − mean(b), or mean − threshold in the threshold form;
+- paired by seed when both sides hold the same seeds once each (differences a_s − b_s),
+  otherwise unpaired (Welch); the threshold form is a one-sample test;
+- `test: t` — two-sided t-test (`scipy.stats.ttest_1samp` on the paired differences,
+  `ttest_ind(equal_var=False)`, `ttest_1samp` against the threshold);
+  `test: permutation` — exact two-sided permutation test (`scipy.stats.permutation_test`
+  with every sign flip / relabelling enumerated). The confidence interval is always the
+  (1 − α) t-interval of the effect (`TtestResult.confidence_interval`);
+- a comparison holds when p < α and the effect has the claimed sign, is contradicted
+  when p < α with the opposite sign, and is inconclusive otherwise. With one seed on a
+  side it is "inconclusive (one seed)" before any test is run; when the exact test cannot
+  reach α with this n the reason says so.
+
+Cells combine (`combine`):
+- all (the claim holds in every cell): holds when every comparison holds — an
+  intersection-union test, valid at α with no correction; contradicted when some
+  comparison is contradicted after a Holm correction over the claim's comparisons;
+- any: holds when some comparison holds after Holm; contradicted when every comparison
+  is contradicted (intersection-union).
+
+Only finished trials with a finite metric are used; the rest are named in `left_out`.
+Imports pandas, numpy and scipy only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from scipy import stats
+
+from vaelab.report import order
+from vaelab.report.spec import ClaimSpec, Level
+from vaelab.report.tables import axis_column, matches, plain
+
+HOLDS, CONTRADICTED, INCONCLUSIVE = "holds", "contradicted", "inconclusive"
+METHODS = {
+    ("t", True): "paired t-test on the per-seed differences (scipy.stats.ttest_1samp)",
+    ("t", False): "Welch t-test (scipy.stats.ttest_ind, equal_var=False)",
+    ("t", None): "one-sample t-test against the threshold (scipy.stats.ttest_1samp)",
+    ("permutation", True): "exact sign-flip permutation test on the per-seed differences (scipy.stats.permutation_test)",
+    ("permutation", False): "exact permutation test of the difference of means (scipy.stats.permutation_test)",
+    ("permutation", None): "exact sign-flip permutation test of value − threshold (scipy.stats.permutation_test)",
+}
+_SCHEMA = pa.schema(
+    [
+        ("claim", pa.string()), ("statement", pa.string()), ("source", pa.string()),
+        ("metric", pa.string()), ("cell", pa.string()), ("a", pa.string()), ("b", pa.string()),
+        ("direction", pa.string()), ("test", pa.string()), ("method", pa.string()),
+        ("paired", pa.bool_()), ("n_a", pa.int64()), ("n_b", pa.int64()), ("n", pa.int64()),
+        ("mean_a", pa.float64()), ("mean_b", pa.float64()), ("effect", pa.float64()),
+        ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("confidence", pa.float64()),
+        ("p", pa.float64()), ("p_holm", pa.float64()), ("alpha", pa.float64()),
+        ("verdict", pa.string()), ("reason", pa.string()),
+        ("claim_verdict", pa.string()), ("combine", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One claim × cell (× level of b): a row of claims.parquet."""
+
+    cell: str  # 'latent_dims=64-32'; without `per`, the `where` filter or 'all trials'
+    a: str
+    b: str  # a level of the axis, or 'threshold 0.1'
+    paired: Optional[bool]  # None: one-sample (threshold form)
+    n_a: int
+    n_b: int  # pairs when paired; 0 in the threshold form
+    mean_a: Optional[float]
+    mean_b: Optional[float]  # the threshold in the threshold form
+    effect: Optional[float]
+    ci: tuple[Optional[float], Optional[float]]
+    p: Optional[float]
+    verdict: str
+    reason: str
+    method: str
+    p_holm: Optional[float] = None
+
+    @property
+    def n(self) -> int:
+        """Seeds behind the test: pairs, the smaller side, or the one sample."""
+        return self.n_a if self.paired is None else min(self.n_a, self.n_b)
+
+
+@dataclass
+class ClaimResult:
+    spec: ClaimSpec
+    alpha: float
+    comparisons: list[Comparison]
+    verdict: str
+    why: str  # how the cells combined into the verdict
+    left_out: list[str] = field(default_factory=list)  # trials and cells not tested
+
+    def side_text(self) -> str:
+        """'VAE+BN+WU > VAE+BN' / 'kl_layer_4 > 0.1'."""
+        sign = ">" if self.spec.direction == "greater" else "<"
+        if self.spec.threshold is not None:
+            return f"{self.spec.metric} {sign} {order.display(self.spec.threshold)}"
+        others = ", ".join(order.display(b) for b in self.spec.b) or f"every other {self.spec.axis}"
+        return f"{order.display(self.spec.a)} {sign} {others} on {self.spec.metric}"
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_claims(specs: Iterable[ClaimSpec], trials: pd.DataFrame, alpha: float) -> list[ClaimResult]:
+    """Test every claim on a trials frame (trials.parquet + `label`, see collect.with_labels)."""
+    return [evaluate_claim(spec, trials, alpha) for spec in specs]
+
+
+def evaluate_claim(spec: ClaimSpec, trials: pd.DataFrame, alpha: float) -> ClaimResult:
+    problems = _frame_problems(spec, trials)
+    if problems:
+        return ClaimResult(spec, alpha, [], INCONCLUSIVE, "; ".join(problems), problems)
+    subset = trials[_where_mask(spec.where, trials)]
+    left_out = _left_out(spec, subset)
+    comparisons: list[Comparison] = []
+    for cell_name, cell in _cells(spec, subset):
+        if spec.threshold is not None:
+            comparisons.append(_threshold_comparison(spec, cell_name, cell, alpha))
+        else:
+            comparisons += _level_comparisons(spec, cell_name, cell, subset, alpha, left_out)
+    comparisons = _with_holm(comparisons)
+    verdict, why = _combine(spec, comparisons, alpha)
+    return ClaimResult(spec, alpha, comparisons, verdict, why, left_out)
+
+
+def _frame_problems(spec: ClaimSpec, trials: pd.DataFrame) -> list[str]:
+    dims = [spec.per] if spec.per else []
+    dims += [spec.axis] if spec.threshold is None else []
+    problems = [f"no trial has {dim!r} (neither a param nor variant)" for dim in dims + list(spec.where)
+                if axis_column(dim) not in trials.columns]
+    if spec.metric not in trials.columns:
+        problems.append(f"no trial logged the metric {spec.metric!r}")
+    return problems
+
+
+def _where_mask(where: dict[str, Level], trials: pd.DataFrame) -> pd.Series:
+    mask = pd.Series(True, index=trials.index)
+    for key, wanted in where.items():
+        mask &= trials[axis_column(key)].map(lambda v, w=wanted: matches(v, w)).astype(bool)
+    return mask
+
+
+def _usable(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Finished trials with a finite value of the metric."""
+    values = pd.to_numeric(frame[metric], errors="coerce").astype(float)
+    return frame[(frame["status"] == "finished") & np.isfinite(values)]
+
+
+def _left_out(spec: ClaimSpec, subset: pd.DataFrame) -> list[str]:
+    unused = subset.drop(index=_usable(subset, spec.metric).index)
+    notes = []
+    for status, group in unused.groupby("status", sort=True):
+        ids = sorted(group["trial_id"].astype(str), key=order.natural_key)
+        what = f"without a finite {spec.metric}" if status == "finished" else status
+        notes.append(f"{len(ids)} trial(s) {what}, not tested: {', '.join(ids)}")
+    return notes
+
+
+def _cells(spec: ClaimSpec, subset: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    if spec.per is None:
+        where = ", ".join(f"{k}={order.display(v)}" for k, v in spec.where.items())
+        return [(where or "all trials", subset)]
+    column = subset[axis_column(spec.per)].map(plain)
+    values = order.ordered(spec.per, list(column))
+    if spec.levels:
+        values = [v for v in values if any(matches(v, w) for w in spec.levels)]
+    return [(f"{spec.per}={order.display(v)}", subset[column.map(lambda x, v=v: matches(x, v))]) for v in values]
+
+
+def _by_seed(frame: pd.DataFrame, metric: str) -> pd.Series:
+    """Finished values indexed by seed (the seed index may repeat when cells pool trials)."""
+    usable = _usable(frame, metric)
+    seeds = usable["seed"] if "seed" in usable else pd.Series(range(len(usable)), index=usable.index)
+    return pd.Series(usable[metric].astype(float).to_numpy(), index=seeds.to_numpy())
+
+
+def _level_comparisons(
+    spec: ClaimSpec, cell_name: str, cell: pd.DataFrame, subset: pd.DataFrame, alpha: float, left_out: list[str]
+) -> list[Comparison]:
+    column = axis_column(spec.axis)
+    levels = cell[column].map(plain)
+    others = spec.b or [v for v in order.ordered(spec.axis, list(subset[column].map(plain))) if not matches(v, spec.a)]
+    side_a = cell[levels.map(lambda v: matches(v, spec.a))]
+    comparisons = []
+    for b in others:
+        side_b = cell[levels.map(lambda v, b=b: matches(v, b))]
+        if side_a.empty or side_b.empty:
+            # the grid has no such model here (e.g. a 1-layer ladder): not a failed test
+            missing = order.display(spec.a) if side_a.empty else order.display(b)
+            left_out.append(f"{cell_name}: no trial of {spec.axis}={missing}, {order.display(b)} not compared")
+            continue
+        a_values, b_values = _by_seed(side_a, spec.metric), _by_seed(side_b, spec.metric)
+        comparisons.append(_compare(spec, cell_name, order.display(b), a_values, b_values, alpha))
+    return comparisons
+
+
+def _paired(a: pd.Series, b: pd.Series) -> bool:
+    """Same seeds on both sides, each once: the difference a_s − b_s removes the seed's share."""
+    return a.index.is_unique and b.index.is_unique and len(a) >= 1 and set(a.index) == set(b.index)
+
+
+def _compare(spec: ClaimSpec, cell: str, b_name: str, a: pd.Series, b: pd.Series, alpha: float) -> Comparison:
+    paired = _paired(a, b)
+    method = METHODS[(spec.test, paired)]
+    base = dict(cell=cell, a=order.display(spec.a), b=b_name, paired=paired, method=method)
+    mean_a = float(a.mean()) if len(a) else None
+    mean_b = float(b.mean()) if len(b) else None
+    n_a, n_b = len(a), len(b)
+    effect = mean_a - mean_b if mean_a is not None and mean_b is not None else None
+    short = _too_few(min(n_a, n_b))
+    if short:
+        return Comparison(n_a=n_a, n_b=n_b, mean_a=mean_a, mean_b=mean_b, effect=effect, ci=(None, None),
+                          p=None, verdict=INCONCLUSIVE, reason=short, **base)
+    if paired:
+        diffs = (a.sort_index() - b.sort_index()).to_numpy()
+        p, ci = _one_sample(diffs, spec.test, alpha)
+        floor = 2.0 / 2 ** len(diffs)
+    else:
+        p, ci = _two_sample(a.to_numpy(), b.to_numpy(), spec.test, alpha)
+        floor = 2.0 / math.comb(n_a + n_b, n_a)
+    verdict, reason = _verdict(spec, effect, p, alpha, floor if spec.test == "permutation" else 0.0, min(n_a, n_b))
+    return Comparison(n_a=n_a, n_b=n_b, mean_a=mean_a, mean_b=mean_b, effect=effect, ci=ci,
+                      p=p, verdict=verdict, reason=reason, **base)
+
+
+def _threshold_comparison(spec: ClaimSpec, cell_name: str, cell: pd.DataFrame, alpha: float) -> Comparison:
+    assert spec.threshold is not None
+    values = _by_seed(cell, spec.metric).to_numpy()
+    mean = float(values.mean()) if len(values) else None
+    effect = mean - spec.threshold if mean is not None else None
+    base = dict(cell=cell_name, a=spec.metric, b=f"threshold {order.display(spec.threshold)}", paired=None,
+                n_a=len(values), n_b=0, mean_a=mean, mean_b=spec.threshold, effect=effect,
+                method=METHODS[(spec.test, None)])
+    short = _too_few(len(values))
+    if short:
+        return Comparison(ci=(None, None), p=None, verdict=INCONCLUSIVE, reason=short, **base)
+    p, (low, high) = _one_sample(values - spec.threshold, spec.test, alpha)
+    floor = 2.0 / 2 ** len(values) if spec.test == "permutation" else 0.0
+    verdict, reason = _verdict(spec, effect, p, alpha, floor, len(values))
+    return Comparison(ci=(low, high), p=p, verdict=verdict, reason=reason, **base)
+
+
+def _too_few(n: int) -> str:
+    if n == 0:
+        return "no finished trial"
+    return "one seed" if n == 1 else ""
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def _one_sample(x: np.ndarray, test: str, alpha: float) -> tuple[float, tuple[float, float]]:
+    """Two-sided p that mean(x) = 0, and the (1 − α) t-interval of mean(x)."""
+    mean = float(x.mean())
+    if np.allclose(x, x[0], rtol=0.0, atol=1e-12):
+        # no variation across seeds: the t statistic is ±inf (or 0/0 when all zero)
+        ci = (mean, mean)
+        p_t = 1.0 if mean == 0.0 else 0.0
+    else:
+        result = stats.ttest_1samp(x, 0.0)
+        interval = result.confidence_interval(confidence_level=1.0 - alpha)
+        ci, p_t = (float(interval.low), float(interval.high)), float(result.pvalue)
+    if test == "t":
+        return p_t, ci
+    exact = stats.permutation_test((x,), np.mean, permutation_type="samples", n_resamples=np.inf,
+                                   alternative="two-sided")
+    return float(exact.pvalue), ci
+
+
+def _two_sample(a: np.ndarray, b: np.ndarray, test: str, alpha: float) -> tuple[float, tuple[float, float]]:
+    """Two-sided p that mean(a) = mean(b), and the (1 − α) Welch interval of the difference."""
+    diff = float(a.mean() - b.mean())
+    if np.ptp(a) == 0.0 and np.ptp(b) == 0.0:
+        ci, p_t = (diff, diff), (1.0 if diff == 0.0 else 0.0)
+    else:
+        result = stats.ttest_ind(a, b, equal_var=False)
+        interval = result.confidence_interval(confidence_level=1.0 - alpha)
+        ci, p_t = (float(interval.low), float(interval.high)), float(result.pvalue)
+    if test == "t":
+        return p_t, ci
+    exact = stats.permutation_test((a, b), lambda x, y: np.mean(x) - np.mean(y), permutation_type="independent",
+                                   n_resamples=np.inf, alternative="two-sided")
+    return float(exact.pvalue), ci
+
+
+def _verdict(spec: ClaimSpec, effect: Optional[float], p: float, alpha: float, floor: float, n: int) -> tuple[str, str]:
+    if floor >= alpha:
+        return INCONCLUSIVE, f"n={n}: the exact test's smallest attainable p is {floor:.3g} ≥ α={alpha:g}"
+    if p >= alpha or effect is None or effect == 0.0:
+        return INCONCLUSIVE, f"p={p_text(p)} ≥ α={alpha:g}"
+    if (effect > 0) == (spec.direction == "greater"):
+        return HOLDS, f"p={p_text(p)} < α={alpha:g}"
+    return CONTRADICTED, f"p={p_text(p)} < α={alpha:g}, effect has the opposite sign"
+
+
+def _with_holm(comparisons: list[Comparison]) -> list[Comparison]:
+    """Holm step-down adjusted p over a claim's tested comparisons."""
+    tested = [(k, c.p) for k, c in enumerate(comparisons) if c.p is not None]
+    adjusted: dict[int, float] = {}
+    running = 0.0
+    m = len(tested)
+    for rank, (k, p) in enumerate(sorted(tested, key=lambda kp: kp[1])):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[k] = running
+    return [replace(c, p_holm=adjusted.get(k)) for k, c in enumerate(comparisons)]
+
+
+def _combine(spec: ClaimSpec, comparisons: list[Comparison], alpha: float) -> tuple[str, str]:
+    m = len(comparisons)
+    if m == 0:
+        return INCONCLUSIVE, "nothing to compare: no cell holds trials of both sides"
+    untested = [c.reason for c in comparisons if c.p is None]
+    if len(untested) == m:
+        kinds = ", ".join(f"{reason} in {untested.count(reason)} of {m}" for reason in dict.fromkeys(untested))
+        return INCONCLUSIVE, f"no comparison could be tested ({kinds})"
+    holding = [c for c in comparisons if c.verdict == HOLDS]
+    against = [c for c in comparisons if c.verdict == CONTRADICTED]
+    holm_for = [c for c in holding if c.p_holm is not None and c.p_holm < alpha]
+    holm_against = [c for c in against if c.p_holm is not None and c.p_holm < alpha]
+    if spec.combine == "all":
+        rule = "all: holds when every comparison holds at α; contradicted when one does not after Holm"
+        if holm_against:
+            return CONTRADICTED, f"{len(holm_against)} of {m} contradicted after Holm ({rule})"
+        if len(holding) == m:
+            return HOLDS, f"{m} of {m} hold ({rule})"
+        return INCONCLUSIVE, f"{len(holding)} of {m} hold, {len(against)} contradicted before Holm ({rule})"
+    rule = "any: holds when one comparison holds after Holm; contradicted when every one is contradicted at α"
+    if holm_for:
+        return HOLDS, f"{len(holm_for)} of {m} hold after Holm ({rule})"
+    if len(against) == m:
+        return CONTRADICTED, f"{m} of {m} contradicted ({rule})"
+    return INCONCLUSIVE, f"{len(holding)} of {m} hold before Holm, {len(against)} contradicted ({rule})"
+
+
+def p_text(p: Optional[float]) -> str:
+    if p is None:
+        return "—"
+    return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+# --------------------------------------------------------------------------- output
+
+
+def claims_table(results: list[ClaimResult]) -> pa.Table:
+    """claims.parquet: one row per claim × cell (× level of b); fixed schema, claim order."""
+    rows: dict[str, list[Any]] = {name: [] for name in _SCHEMA.names}
+    for result in results:
+        spec = result.spec
+        for c in result.comparisons:
+            values = {
+                "claim": spec.name, "statement": spec.statement, "source": spec.source, "metric": spec.metric,
+                "cell": c.cell, "a": c.a, "b": c.b, "direction": spec.direction, "test": spec.test,
+                "method": c.method, "paired": c.paired, "n_a": c.n_a, "n_b": c.n_b, "n": c.n,
+                "mean_a": c.mean_a, "mean_b": c.mean_b, "effect": c.effect, "ci_low": c.ci[0],
+                "ci_high": c.ci[1], "confidence": 1.0 - result.alpha, "p": c.p, "p_holm": c.p_holm,
+                "alpha": result.alpha, "verdict": c.verdict, "reason": c.reason,
+                "claim_verdict": result.verdict, "combine": spec.combine,
+            }
+            for name in _SCHEMA.names:
+                rows[name].append(values[name])
+    return pa.table(rows, schema=_SCHEMA)
+
+
+def number(value: Optional[float]) -> str:
+    if value is None or not math.isfinite(value):
+        return "—"
+    return f"{value:+.2f}" if abs(value) < 1000 else f"{value:+.1f}"
+
+
+def ci_text(c: Comparison) -> str:
+    return "—" if c.ci[0] is None else f"[{number(c.ci[0])}, {number(c.ci[1])}]"
+
+
+def n_text(c: Comparison) -> str:
+    if c.paired is None:
+        return f"n={c.n_a}"
+    return f"paired n={c.n_a}" if c.paired else f"n={c.n_a} vs {c.n_b}"
+
+
+def comparison_line(c: Comparison) -> str:
+    """'latent_dims=64-32  vs VAE+BN  +1.02 [+0.61, +1.43]  paired n=2  p=0.011  holds (p=0.011 < α=0.05)'."""
+    return (f"{c.cell}  vs {c.b}  effect {number(c.effect)} {ci_text(c)}  {n_text(c)}  p={p_text(c.p)}  "
+            f"{c.verdict} ({c.reason})")
+
+
+def format_claims(results: list[ClaimResult]) -> list[str]:
+    """Plain-text verdicts (the `vaelab claims` output)."""
+    lines: list[str] = []
+    for result in results:
+        spec = result.spec
+        lines.append(f"[{result.verdict}] {spec.name}: {spec.statement}")
+        lines.append(f"    source: {spec.source}; tested: {result.side_text()}; {result.why}")
+        methods = sorted({c.method for c in result.comparisons})
+        if methods:
+            lines.append(f"    test: {'; '.join(methods)}; CI = {1 - result.alpha:.0%} t-interval of the effect")
+        lines += [f"    {comparison_line(c)}" for c in result.comparisons]
+        lines += [f"    left out: {note}" for note in result.left_out]
+    return lines
