@@ -367,7 +367,6 @@ def _ended_payload(ctx: Mapping[str, Any], members: Sequence[Member]) -> Optiona
     diverged), else None. Tune's saved experiment state can lag behind MLflow (a Ctrl-C or
     a killed driver right after a trial's last epoch): MLflow, which the user sees, decides
     what `vaelab resume` reruns."""
-    return None
     ended = tracking.ended_trial_runs(_run_info(ctx), [m.trial_id for m in members])
     if len(ended) < len(members):
         return None

@@ -789,6 +789,17 @@ def list_trial_runs(info: StudyRunInfo) -> list[dict[str, Any]]:
     return [trial_row(r) for r in runs]
 
 
+def ended_trial_runs(info: StudyRunInfo, trial_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """trial_id -> row (see `trial_row`) of those of `trial_ids` whose run under `info`
+    already ended with a result (finished or diverged): a resumed or retried trial whose
+    members all ended must not be trained again, whatever Tune's saved state says."""
+    client = client_for(info.tracking_uri)
+    wanted = set(trial_ids)
+    runs = _search(client, info.experiment_id, {TAG_ROLE: ROLE_TRIAL, TAG_PARENT: info.parent_run_id})
+    rows = [trial_row(r) for r in runs if r.data.tags.get(TAG_TRIAL_ID) in wanted]
+    return {row["trial_id"]: row for row in rows if row["status"] in ("finished", "diverged")}
+
+
 def search_trial_runs(
     tracking_uri: str, filter_string: str = "", study: Optional[str] = None, run: Optional[str] = None
 ) -> list[dict[str, Any]]:
@@ -828,7 +839,9 @@ def search_trial_runs(
         runs = with_retry(call, "search runs", deadline_s=30)
     except MlflowException as err:
         if err.error_code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"):
-            raise TrackingError(f"bad filter {user_filter!r}: {err.message}") from err
+            hint = ("; MLflow keeps params as strings (= != LIKE only, e.g. \"params.depth = '3'\"): "
+                    "compare typed values with --where \"depth > 2\"") if "params." in user_filter else ""
+            raise TrackingError(f"bad filter {user_filter!r}: {err.message}{hint}") from err
         raise
     if run and not runs and not user_filter.strip():
         raise TrackingError(f"no trial runs of a study run named {run!r} in {redact_uri(uri)} "
