@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -165,6 +165,8 @@ class Trainer:
         self.epoch, self.step, self.wall_time = 0, 0, 0.0
         self.status = ["running"] * self.members
         self.unit_kl_history: list[list[dict]] = [[] for _ in configs]
+        # called as on_final_eval(epoch, K, n_test) before the final L_K (minutes at K = 5000)
+        self.on_final_eval: Optional[Callable[[int, int, int], None]] = None
 
     # ------------------------------------------------------------------ set-up helpers
 
@@ -308,6 +310,8 @@ class Trainer:
             for s, m in enumerate(metrics):
                 m["train_elbo"] = float(train.elbo[s])
         if final:
+            if self.on_final_eval is not None:
+                self.on_final_eval(epoch, cfg.eval_iw, int(self.data.test_x.shape[0]))
             ll = evaluate_iw(self.model, self.data.test_x, cfg.eval_iw,
                              self._eval_generators(epoch, 4), cfg.eval_batch_size,
                              max_rows=(1 << 20) if self.device.type == "cuda" else (1 << 16))
