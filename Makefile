@@ -18,7 +18,7 @@ BUDGET ?= smoke
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv run test test-slow test-gpu bench clean
+.PHONY: venv run test test-slow test-gpu bench gpu-bundle gpu-check clean
 
 venv: $(STAMP)
 
@@ -44,6 +44,26 @@ test-gpu: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_train.py
+
+# GPU evidence in one command (benchmarks/gpu_check.py; README "On a GPU machine").
+# gpu-bundle (needs network): the wheels a bare GPU Python lacks and the MNIST files, into
+# ignored folders that travel with the repository. gpu-check never builds the venv: it
+# runs with the venv's Python when there is one, else the machine's python3.
+GPU_WHEELS ?= .gpu-wheels
+GPU_DATA   ?= .gpu-data/mnist
+GPU_PYTHON_VERSION ?= 3.12
+MNIST_SRC  ?= ../shared/data/mnist
+GPU_OUT    ?= gpu-check-out
+GPU_PY     ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-bundle:
+	$(GPU_PY) -m pip download -q --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) \
+	  --implementation cp --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+	  -d $(GPU_WHEELS) -r benchmarks/gpu_wheels.txt
+	mkdir -p $(GPU_DATA) && install -m 644 $(MNIST_SRC)/*-ubyte* $(GPU_DATA)/
+	du -sh $(GPU_WHEELS) $(GPU_DATA)
+
+gpu-check:
+	$(GPU_PY) benchmarks/gpu_check.py --out $(GPU_OUT) $(GPU_ARGS)
 
 clean:
 	rm -rf $(VENV) ray_results mlflow.db
