@@ -1,6 +1,6 @@
 """Speed benchmarks: vaelab's training core against a plain eager implementation, in one run.
 
-Measures (SPEC §6, issue 7):
+Measures (SPEC §6, issues 7 and 12):
   1. training steps/s at batch 256 — vaelab (cohorts of S members: per-trial steps/s and
      member-steps/s) and the eager baseline (benchmarks/eager_baseline.py) — for the 5-layer
      LVAE+BN, the 5-layer VAE and the 1-layer VAE;
@@ -8,8 +8,10 @@ Measures (SPEC §6, issue 7):
   3. grid throughput: trials per hour for a small grid trained one trial at a time vs packed
      into cohorts;
   4. peak memory per trial;
-  5. steps/s with precision=bf16 (matmuls under bfloat16 autocast); whether its likelihood
-     stays within tolerance of fp32 is benchmarks/precision_check.py's job.
+  5. the fast path (--fast: precision / compile) beside vaelab fp32, and the step's ceiling:
+     its own matmuls timed alone in fp32 and bf16 (benchmarks/ceiling.py), so every figure
+     reads as a fraction of the machine's limit; whether the fast path's likelihood stays
+     within tolerance of fp32 is benchmarks/precision_check.py's job.
 Prints a markdown table and appends it to benchmarks/RESULTS.md with the device, library
 versions and date. Data: real MNIST (--data-dir) or the bundled digits when absent.
 
@@ -28,12 +30,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ceiling import Ceiling, measure_ceiling  # noqa: E402
 from eager_baseline import EagerHVAE, train_steps  # noqa: E402
 
 from vaelab.config import TrialConfig  # noqa: E402
 from vaelab.data import dataset_for  # noqa: E402
 from vaelab.evaluate import evaluate_iw, iw_bound_loop  # noqa: E402
-from vaelab.train import Trainer, resolve_device  # noqa: E402
+from vaelab.train import Trainer, available_cpus, resolve_device, use_cpu_threads  # noqa: E402
 
 MODELS = {
     "LVAE+BN depth 5": dict(inference="lvae", batch_norm=True, depth=5),
@@ -63,15 +66,30 @@ def base_config(args, **overrides) -> TrialConfig:
     return TrialConfig(**(values | overrides))
 
 
-def vaelab_steps_per_s(args, model: dict, members: int, precision: str = "fp32") -> tuple[float, float]:
+def vaelab_trainer(args, model: dict, members: int, precision: str = "fp32",
+                   compile_mode: str | None = None) -> Trainer:
+    configs = [base_config(args, seed=s, precision=precision,
+                           compile=compile_mode or args.compile, **model) for s in range(members)]
+    return Trainer(configs)
+
+
+def vaelab_steps_per_s(args, model: dict, members: int, precision: str = "fp32",
+                       compile_mode: str | None = None) -> tuple[float, float]:
     """Steps/s of one cohort trial (second epoch: after compilation / warm-up) and peak MB."""
-    configs = [base_config(args, seed=s, precision=precision, **model) for s in range(members)]
-    trainer = Trainer(configs)
+    trainer = vaelab_trainer(args, model, members, precision, compile_mode)
     if trainer.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for report in trainer.run():
         steps = report.metrics[0]["steps_per_s"]
     return steps, report.metrics[0].get("peak_mem_mb", float("nan"))
+
+
+def step_ceiling(args, model: dict, members: int) -> Ceiling:
+    """The matmul-only limit of this cohort's step on this machine (benchmarks/ceiling.py)."""
+    trainer = vaelab_trainer(args, model, members, compile_mode="off")
+    perms = torch.stack([torch.randperm(trainer.data.train_x.shape[0]) for _ in range(members)])
+    batch = trainer._batch(perms, 0)
+    return measure_ceiling(lambda: trainer._step(batch, torch.ones(members)))
 
 
 def eager_steps_per_s(args, model: dict, train_x: torch.Tensor) -> float:
@@ -131,41 +149,56 @@ def main() -> None:
     parser.add_argument("--iw-k", type=int, default=5000)
     parser.add_argument("--iw-k-loop", type=int, default=200, help="loop iterations timed (scaled to K)")
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    parser.add_argument("--fast", default="precision=bf16,compile=off",
+                        help="the fast path's settings: precision=..,compile=..")
+    parser.add_argument("--skip-iw", action="store_true")
+    parser.add_argument("--skip-grid", action="store_true")
     parser.add_argument("--quick", action="store_true", help="smaller everything (smoke mode)")
     args = parser.parse_args()
     args.dataset = "mnist" if args.data_dir else "digits"
     if args.quick:
         args.steps, args.iw_images, args.iw_k, args.iw_k_loop = 5, 100, 100, 20
+    use_cpu_threads(available_cpus())
     device = resolve_device(args.device)
     data = dataset_for(base_config(args), device)
 
+    fast = dict(kv.split("=") for kv in args.fast.split(","))
     lines = [f"\n## {dt.date.today()} — {device_name(device)}",
              f"torch {torch.__version__}, python {sys.version.split()[0]}, data {args.dataset}, "
-             f"batch 256, compile={args.compile}\n",
-             "| model | eager baseline steps/s | vaelab S=1 steps/s | speed-up | "
-             + " | ".join(f"S={s} member-steps/s" for s in args.cohorts.split(",")[1:])
-             + " | S=1 bf16 steps/s | peak MB (S=1) |",
-             "|---|---|---|---|" + "---|" * (len(args.cohorts.split(",")) - 1) + "---|---|"]
+             f"batch 256; vaelab fp32 = compile {args.compile}, fp32; fast path = {args.fast}; "
+             "ceiling = the step's own matmuls timed alone (benchmarks/ceiling.py), "
+             "in member-steps/s; % = fast path / bf16 ceiling\n",
+             "| model | S | eager baseline | vaelab fp32 | vaelab fast path | fast / eager | "
+             "ceiling fp32 | ceiling bf16 | % of bf16 ceiling | GFLOP/step | peak MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, model in MODELS.items():
         eager = eager_steps_per_s(args, model, data.train_x)
-        cells, peak = [], None
         for s in (int(v) for v in args.cohorts.split(",")):
-            steps, mem = vaelab_steps_per_s(args, model, s)
-            cells.append(steps * s)
-            peak = mem if peak is None else peak
-        bf16, _ = vaelab_steps_per_s(args, model, 1, "bf16")
-        lines.append(f"| {name} | {eager:.1f} | {cells[0]:.1f} | {cells[0] / eager:.2f}× | "
-                     + " | ".join(f"{c:.1f}" for c in cells[1:]) + f" | {bf16:.1f} | {peak:.0f} |")
-        print(lines[-1], flush=True)
-    iw = iw_speed(args)
-    lines.append(f"\nIW evaluation, K={args.iw_k} on {args.iw_images} test images (LVAE+BN depth 5): "
-                 f"batched {iw['batched_s']:.1f} s ({iw['batched_samples_per_s']:.0f} samples/s, "
-                 f"L_K={iw['batched_value']:.2f}); Python loop over K {iw['loop_samples_per_s']:.0f} "
-                 f"samples/s → {iw['loop_s_for_K']:.1f} s projected for K={args.iw_k} "
-                 f"(L_{args.iw_k_loop}={iw['loop_value']:.2f}).")
-    grid = grid_throughput(args)
-    lines.append(f"\nGrid throughput ({grid['trials']} small trials, 2 epochs each): one by one "
-                 f"{grid['solo_trials_per_h']:.0f} trials/h, one cohort {grid['cohort_trials_per_h']:.0f} trials/h.")
+            plain, peak = vaelab_steps_per_s(args, model, s)
+            quick, _ = vaelab_steps_per_s(args, model, s, fast["precision"], fast["compile"])
+            ceiling = step_ceiling(args, model, s) if device.type == "cpu" else None
+            cells = [f"{plain * s:.1f}", f"{quick * s:.1f}", f"{quick * s / eager:.2f}×"]
+            if ceiling:
+                cells += [f"{ceiling.fp32_steps_per_s * s:.0f}", f"{ceiling.bf16_steps_per_s * s:.0f}",
+                          f"{100 * quick / ceiling.bf16_steps_per_s:.0f}%",
+                          f"{ceiling.gflop_per_step:.2f}"]
+            else:
+                cells += ["–"] * 4
+            lines.append(f"| {name} | {s} | {eager:.1f} | "
+                         + " | ".join(cells) + f" | {peak:.0f} |")
+            print(lines[-1], flush=True)
+    if not args.skip_iw:
+        iw = iw_speed(args)
+        lines.append(f"\nIW evaluation, K={args.iw_k} on {args.iw_images} test images (LVAE+BN depth 5): "
+                     f"batched {iw['batched_s']:.1f} s ({iw['batched_samples_per_s']:.0f} samples/s, "
+                     f"L_K={iw['batched_value']:.2f}); Python loop over K {iw['loop_samples_per_s']:.0f} "
+                     f"samples/s → {iw['loop_s_for_K']:.1f} s projected for K={args.iw_k} "
+                     f"(L_{args.iw_k_loop}={iw['loop_value']:.2f}).")
+    if not args.skip_grid:
+        grid = grid_throughput(args)
+        lines.append(f"\nGrid throughput ({grid['trials']} small trials, 2 epochs each): one by one "
+                     f"{grid['solo_trials_per_h']:.0f} trials/h, one cohort "
+                     f"{grid['cohort_trials_per_h']:.0f} trials/h.")
     publish(lines, args.results)
 
 

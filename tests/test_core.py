@@ -486,3 +486,18 @@ def test_elementwise_gradient_clip_bounds_every_gradient():
     trainer._step(batch, torch.ones(1))
     grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
     assert max(g.abs().max().item() for g in grads) <= 1e-3 * (1 + 1e-6)  # fp32 rounding of 1e-3
+
+
+@pytest.mark.parametrize("members", [1, 3])
+def test_gradient_norm_clip_is_per_member(members):
+    trainer = Trainer([tiny_config(seed=s, grad_clip=0.0, grad_clip_value=0.0) for s in range(members)],
+                      tiny_dataset())
+    g = torch.Generator().manual_seed(0)
+    for p in trainer.model.parameters():
+        p.grad = torch.randn(p.shape, generator=g) * 10
+    before = [p.grad.clone() for p in trainer.model.parameters()]
+    trainer._clip_gradients(1.0)
+    for s in range(members):
+        norm = torch.sqrt(sum(p.grad[s].square().sum() for p in trainer.model.parameters()))
+        old = torch.sqrt(sum(b[s].square().sum() for b in before))
+        assert abs(norm.item() - 1.0) < 1e-4 and old > 1.0

@@ -75,8 +75,12 @@ def evaluate_elbo(model: HierarchicalVAE, x: Tensor, generators: Sequence[torch.
 
 @torch.no_grad()
 def evaluate_iw(model: HierarchicalVAE, x: Tensor, k: int, generators: Sequence[torch.Generator],
-                batch_size: int, max_rows: int = 1 << 17) -> Tensor:
+                batch_size: int, max_rows: int = 1 << 17, bf16: bool = False,
+                progress: Optional[Callable[[int, int], None]] = None) -> Tensor:
     """Mean L_K over x (M, D) -> (S,).
+
+    bf16: the passes' matmuls under bfloat16 autocast; log-weights, logsumexp and the sum
+    stay fp32/fp64 (MemberLinear hands back fp32). progress(done, total): examples done.
 
     The K samples of a batch of b examples are tiled along the row axis in chunks of
     k_chunk samples (S * k_chunk * b <= max_rows rows per pass, so memory stays bounded
@@ -94,10 +98,14 @@ def evaluate_iw(model: HierarchicalVAE, x: Tensor, k: int, generators: Sequence[
         chunk_lse = []
         for done in range(0, k, k_chunk):
             kc = min(k_chunk, k - done)
-            log_w = log_weights(model(xb, tape, n_samples=kc)).view(members, kc, b)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+                terms = model(xb, tape, n_samples=kc)
+            log_w = log_weights(terms).view(members, kc, b)
             chunk_lse.append(torch.logsumexp(log_w, dim=1))  # (S, b)
         bound = torch.logsumexp(torch.stack(chunk_lse), dim=0) - math.log(k)
         total += bound.double().sum(-1)
+        if progress is not None:
+            progress(start + b, x.shape[0])
     return (total / x.shape[0]).float()
 
 

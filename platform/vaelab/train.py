@@ -218,6 +218,10 @@ class Trainer:
     def _clip_gradients(self, max_norm: float) -> None:
         """Per-member gradient-norm clipping: members must not share one global norm."""
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if self.members == 1:  # one member: the global norm, in two multi-tensor kernels
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))
+            return
         sq = sum(g.reshape(g.shape[0], -1).square().sum(-1) for g in grads)  # (S,)
         scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
         for g in grads:
