@@ -101,6 +101,10 @@ class ClaimResult:
     why: str  # how the cells combined into the verdict
     left_out: list[str] = field(default_factory=list)  # trials and cells not tested
 
+    def methods(self) -> str:
+        """The tests that were run ('' when every comparison was short of seeds)."""
+        return "; ".join(sorted({c.method for c in self.comparisons if c.p is not None}))
+
     def side_text(self) -> str:
         """'VAE+BN+WU > VAE+BN' / 'kl_layer_4 > 0.1'."""
         sign = ">" if self.spec.direction == "greater" else "<"
@@ -202,7 +206,8 @@ def _level_comparisons(
             left_out.append(f"{cell_name}: no trial of {spec.axis}={missing}, {order.display(b)} not compared")
             continue
         a_values, b_values = _by_seed(side_a, spec.metric), _by_seed(side_b, spec.metric)
-        comparisons.append(_compare(spec, cell_name, order.display(b), a_values, b_values, alpha))
+        empty = _empty_reason(side_a if a_values.empty else side_b, spec.metric)
+        comparisons.append(_compare(spec, cell_name, order.display(b), a_values, b_values, alpha, empty))
     return comparisons
 
 
@@ -211,7 +216,9 @@ def _paired(a: pd.Series, b: pd.Series) -> bool:
     return a.index.is_unique and b.index.is_unique and len(a) >= 1 and set(a.index) == set(b.index)
 
 
-def _compare(spec: ClaimSpec, cell: str, b_name: str, a: pd.Series, b: pd.Series, alpha: float) -> Comparison:
+def _compare(
+    spec: ClaimSpec, cell: str, b_name: str, a: pd.Series, b: pd.Series, alpha: float, empty: str
+) -> Comparison:
     paired = _paired(a, b)
     method = METHODS[(spec.test, paired)]
     base = dict(cell=cell, a=order.display(spec.a), b=b_name, paired=paired, method=method)
@@ -219,7 +226,7 @@ def _compare(spec: ClaimSpec, cell: str, b_name: str, a: pd.Series, b: pd.Series
     mean_b = float(b.mean()) if len(b) else None
     n_a, n_b = len(a), len(b)
     effect = mean_a - mean_b if mean_a is not None and mean_b is not None else None
-    short = _too_few(min(n_a, n_b))
+    short = _too_few(min(n_a, n_b), empty)
     if short:
         return Comparison(n_a=n_a, n_b=n_b, mean_a=mean_a, mean_b=mean_b, effect=effect, ci=(None, None),
                           p=None, verdict=INCONCLUSIVE, reason=short, **base)
@@ -243,7 +250,7 @@ def _threshold_comparison(spec: ClaimSpec, cell_name: str, cell: pd.DataFrame, a
     base = dict(cell=cell_name, a=spec.metric, b=f"threshold {order.display(spec.threshold)}", paired=None,
                 n_a=len(values), n_b=0, mean_a=mean, mean_b=spec.threshold, effect=effect,
                 method=METHODS[(spec.test, None)])
-    short = _too_few(len(values))
+    short = _too_few(len(values), _empty_reason(cell, spec.metric))
     if short:
         return Comparison(ci=(None, None), p=None, verdict=INCONCLUSIVE, reason=short, **base)
     p, (low, high) = _one_sample(values - spec.threshold, spec.test, alpha)
@@ -252,10 +259,16 @@ def _threshold_comparison(spec: ClaimSpec, cell_name: str, cell: pd.DataFrame, a
     return Comparison(ci=(low, high), p=p, verdict=verdict, reason=reason, **base)
 
 
-def _too_few(n: int) -> str:
+def _too_few(n: int, empty: str) -> str:
     if n == 0:
-        return "no finished trial"
+        return empty
     return "one seed" if n == 1 else ""
+
+
+def _empty_reason(side: pd.DataFrame, metric: str) -> str:
+    """Why a side has no value: nothing finished, or finished without the metric."""
+    finished = int((side["status"] == "finished").sum())
+    return f"no finite {metric} ({finished} finished trial(s) without one)" if finished else "no finished trial"
 
 
 # --------------------------------------------------------------------------- tests
@@ -402,9 +415,8 @@ def format_claims(results: list[ClaimResult]) -> list[str]:
         spec = result.spec
         lines.append(f"[{result.verdict}] {spec.name}: {spec.statement}")
         lines.append(f"    source: {spec.source}; tested: {result.side_text()}; {result.why}")
-        methods = sorted({c.method for c in result.comparisons})
-        if methods:
-            lines.append(f"    test: {'; '.join(methods)}; CI = {1 - result.alpha:.0%} t-interval of the effect")
+        if result.methods():
+            lines.append(f"    test: {result.methods()}; CI = {1 - result.alpha:.0%} t-interval of the effect")
         lines += [f"    {comparison_line(c)}" for c in result.comparisons]
         lines += [f"    left out: {note}" for note in result.left_out]
     return lines

@@ -150,7 +150,7 @@ def claims_html(claims: list[ClaimResult]) -> str:
     ]
     for claim in claims:
         spec = claim.spec
-        methods = "; ".join(sorted({c.method for c in claim.comparisons}))
+        methods = claim.methods()
         parts += [
             f'<div class="claim" id="claim-{escape(spec.name)}" data-verdict="{escape(claim.verdict)}">',
             f'<h3><span class="verdict {escape(claim.verdict)}">{escape(claim.verdict)}</span> {escape(spec.name)}</h3>',

@@ -24,7 +24,7 @@ _SPECIAL = {
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
 }
 _SPECIAL_RE = re.compile("|".join(re.escape(k) for k in _SPECIAL))
-_SYMBOLS = {"ρ": r"$\rho$", "α": r"$\alpha$", "≥": r"$\geq$", "≤": r"$\leq$", "±": r"$\pm$", "−": "-",
+_SYMBOLS = {">": r"$>$", "<": r"$<$", "|": r"$|$", "ρ": r"$\rho$", "α": r"$\alpha$", "≥": r"$\geq$", "≤": r"$\leq$", "±": r"$\pm$", "−": "-",
             "—": "---", "§": r"\S{}", "‖": r"$\|$", "·": r"$\cdot$", "→": r"$\to$", "×": r"$\times$"}
 
 
@@ -158,7 +158,7 @@ def claims_latex(study: str, claims: list[ClaimResult]) -> list[str]:
     for k, result in enumerate(claims):
         if k:
             lines.append("\\midrule")
-        title = f"\\multicolumn{{7}}{{l}}{{\\textbf{{{escape(result.spec.name)}}} ({escape(result.verdict)}): " \
+        title = f"\\multicolumn{{7}}{{@{{}}p{{0.95\\textwidth}}@{{}}}}{{\\textbf{{{escape(result.spec.name)}}} ({escape(result.verdict)}): " \
                 f"{escape(result.spec.statement)} --- {escape(result.spec.source)}}} \\\\"
         lines.append(title)
         for c in result.comparisons:

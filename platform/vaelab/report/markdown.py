@@ -88,8 +88,7 @@ def claims_markdown(claims: list[ClaimResult]) -> list[str]:
         spec = claim.spec
         lines += [f"### {spec.name}: **{claim.verdict}**", "", f"{_escape(spec.statement)} — _{_escape(spec.source)}_", ""]
         lines.append(f"Tested: {_escape(claim.side_text())}; {_escape(claim.why)}.")
-        methods = sorted({c.method for c in claim.comparisons})
-        lines += [f"Test: {_escape('; '.join(methods))}." if methods else "", ""]
+        lines += [f"Test: {_escape(claim.methods())}." if claim.methods() else "", ""]
         if claim.comparisons:
             lines.append(f"| cell | vs | effect | {1 - alpha:.0%} CI | n | p | p (Holm) | verdict |")
             lines.append("|---|---|---|---|---|---|---|---|")

@@ -1,0 +1,326 @@
+"""Claims tested over seeds, what drives the metric, tables.tex and `vaelab claims`.
+
+- A study written into a real SQLite MLflow store (MlflowClient, the layout of
+  docs/ARCHITECTURE.md) with a planted effect (LVAE+BN+WU beats VAE+BN by 2 nats), a null
+  one (VAE+BN vs VAE) and a failed and a diverged trial: the report and `vaelab claims`
+  find the planted effect, do not call the null significant, and name what was left out.
+- Over many seeds of the generator the null is called significant at about the stated
+  rate α (paired t), at most α (exact permutation, Holm across cells), and the planted
+  effect is found nearly always.
+- `vaelab claims --from` on the committed reproduction (reports/lvae_icml_mnist).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from report_fixtures import T0, VARIANTS, _parent_run
+from typer.testing import CliRunner
+
+from vaelab.cli import app
+from vaelab.config import TrialConfig
+from vaelab.report.build import build_report
+from vaelab.report.claims import evaluate_claim
+from vaelab.report.drivers import parallel_coordinates, what_drives
+from vaelab.report.spec import ClaimSpec
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = "claims-mini"
+SEEDS = range(6)
+DEPTHS = (2, 3)
+PLANTED = {"VAE": 0.0, "VAE+BN": 0.0, "LVAE+BN+WU": 2.0}  # VAE+BN vs VAE: no effect
+runner = CliRunner()
+
+CLAIMS = [
+    {"name": "planted", "statement": "LVAE+BN+WU > VAE+BN at every depth", "source": "test: planted +2 nats",
+     "metric": "test_ll_iw", "a": "LVAE+BN+WU", "b": ["VAE+BN"], "per": "latent_dims"},
+    {"name": "null", "statement": "VAE+BN > VAE at every depth", "source": "test: no effect",
+     "metric": "test_ll_iw", "a": "VAE+BN", "b": "VAE", "per": "latent_dims"},
+    {"name": "reversed", "statement": "VAE > LVAE+BN+WU at depth 2", "source": "test: the planted effect reversed",
+     "metric": "test_ll_iw", "a": "VAE", "b": ["LVAE+BN+WU"], "where": {"depth": 2}},
+    {"name": "one_seed", "statement": "LVAE+BN+WU > VAE+BN with seed 0 only", "source": "test: n = 1",
+     "metric": "test_ll_iw", "a": "LVAE+BN+WU", "b": ["VAE+BN"], "where": {"seed": 0, "depth": 2}},
+    {"name": "kl_low", "statement": "kl_total < 50 nats everywhere", "source": "test: threshold form",
+     "metric": "kl_total", "threshold": 50.0, "direction": "less", "per": "depth"},
+]
+REPORT = {
+    "alpha": 0.05,
+    "claims": CLAIMS,
+    "tables": [{"name": "ll", "rows": "latent_dims", "columns": "variant", "value": "test_ll_iw",
+                "paper": {"source": "lvae-icml", "table": "table1", "dataset": "mnist", "metric": "test_ll_iw5000"}}],
+    "figures": ["ll_vs_depth"],
+}
+
+
+def _test_ll(variant: str, depth: int, seed: int, rng: np.random.Generator) -> float:
+    seed_share = [0.9, -1.3, 0.4, 1.8, -0.6, 0.2][seed]  # shared by every model of that seed: pairing removes it
+    return -100.0 + depth + PLANTED[variant] + seed_share + rng.normal(0.0, 0.3)
+
+
+def _trial(client: MlflowClient, experiment: str, parent: str, trial_id: str, variant: str, depth: int,
+           seed: int, status: str, metrics: dict[str, float], start: int) -> None:
+    config = TrialConfig(dataset="digits", depth=depth, seed=seed, epochs=2, eval_every=1, eval_iw=10, **VARIANTS[variant])
+    tags = {"mlflow.parentRunId": parent, "vaelab.role": "trial", "vaelab.study": STUDY, "vaelab.trial_id": trial_id,
+            "vaelab.variant": variant, "vaelab.status": status}
+    run_id = client.create_run(experiment, start_time=start, tags=tags, run_name=trial_id).info.run_id
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in config.to_params().items()],
+                     metrics=[Metric(k, v, start + 1, 2) for k, v in metrics.items()])
+    client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED", end_time=start + 10)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("claims-store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment(STUDY, artifact_location=(root / "artifacts").as_uri())
+    parent = _parent_run(client, experiment, root, T0, report=REPORT, study=STUDY)
+    rng = np.random.default_rng(7)
+    k = 0
+    for variant in VARIANTS:
+        for depth in DEPTHS:
+            for seed in SEEDS:
+                metrics = {"test_ll_iw": _test_ll(variant, depth, seed, rng), "kl_total": 20.0 + rng.normal(0, 1.0)}
+                _trial(client, experiment, parent, f"t{k}", variant, depth, seed, "finished", metrics, T0 + 100 * k)
+                k += 1
+    _trial(client, experiment, parent, "t-failed", "VAE+BN", 2, 6, "failed", {}, T0 + 100 * k)
+    _trial(client, experiment, parent, "t-diverged", "LVAE+BN+WU", 3, 6, "diverged",
+           {"test_ll_iw": float("nan"), "kl_total": float("nan")}, T0 + 100 * k + 50)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def report(store: str, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("claims-report") / STUDY
+    return build_report(STUDY, store, out, cache_dir=out.parent / "cache", workers=2)
+
+
+def _claims(report) -> pd.DataFrame:
+    return pq.read_table(report.out_dir / "claims.parquet").to_pandas()
+
+
+def test_planted_effect_holds_and_null_is_not_significant(report) -> None:
+    rows = _claims(report)
+    verdict = rows.groupby("claim")["claim_verdict"].first().to_dict()
+    assert verdict == {"planted": "holds", "null": "inconclusive", "reversed": "contradicted",
+                       "one_seed": "inconclusive", "kl_low": "holds"}
+    planted = rows[rows["claim"] == "planted"]
+    assert list(planted["cell"]) == ["latent_dims=64-32", "latent_dims=64-32-16"]
+    assert planted["paired"].all() and (planted["n"] == 6).all()  # the extra seed-6 trials did not finish
+    assert ((planted["effect"] - 2.0).abs() < 0.5).all()
+    assert (planted["ci_low"] > 0).all() and (planted["ci_low"] < planted["effect"]).all()
+    assert (planted["p"] < 0.05).all() and (planted["p_holm"] >= planted["p"]).all()
+    assert set(planted["method"]) == {"paired t-test on the per-seed differences (scipy.stats.ttest_1samp)"}
+    null = rows[rows["claim"] == "null"]
+    assert (null["verdict"] == "inconclusive").all() and (null["p"] >= 0.05).all()
+    assert (null["ci_low"] < 0).all() and (null["ci_high"] > 0).all()
+    one = rows[rows["claim"] == "one_seed"].iloc[0]
+    assert (one["n"], one["reason"], one["verdict"]) == (1, "one seed", "inconclusive")
+    kl = rows[rows["claim"] == "kl_low"]
+    assert kl["paired"].isna().all() and list(kl["mean_b"]) == [50.0, 50.0]
+
+
+def test_paired_test_matches_scipy_on_the_logged_values(report, store: str) -> None:
+    from scipy import stats
+
+    trials = pq.read_table(report.trials_parquet).to_pandas()
+    finished = trials[(trials["status"] == "finished") & (trials["depth"] == 2)]
+    a = finished[finished["variant"] == "LVAE+BN+WU"].sort_values("seed")["test_ll_iw"].to_numpy()
+    b = finished[finished["variant"] == "VAE+BN"].sort_values("seed")["test_ll_iw"].to_numpy()
+    expected = stats.ttest_rel(a, b)
+    row = _claims(report).query("claim == 'planted' and cell == 'latent_dims=64-32'").iloc[0]
+    assert row["p"] == pytest.approx(expected.pvalue, rel=1e-9)
+    low, high = expected.confidence_interval(0.95)
+    assert (row["ci_low"], row["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+
+
+def test_left_out_trials_are_named(report) -> None:
+    text = report.tables_md.read_text()
+    assert "left out: 1 trial(s) diverged, not tested: t-diverged" in text
+    assert "left out: 1 trial(s) failed, not tested: t-failed" in text
+
+
+def test_claims_section_sits_at_the_top_of_tables_md_and_index_html(report) -> None:
+    text = report.tables_md.read_text()
+    assert text.index("## Claims") < text.index("## ll") < text.index("## What drives test_ll_iw")
+    assert "### planted: **holds**" in text and "### reversed: **contradicted**" in text
+    html = report.index_html.read_text()
+    assert html.index('id="claims"') < html.index('class="ablation"')
+    assert html.count('class="claim"') == len(CLAIMS) and 'data-verdict="holds"' in html
+    assert 'href="claims.parquet"' in html and 'href="tables.tex"' in html
+
+
+def test_grid_marginal_effects(report) -> None:
+    text = report.tables_md.read_text()
+    assert "marginal mean per level" in text
+    section = text[text.index("## What drives test_ll_iw"):]
+    assert "| variant | LVAE+BN+WU | 12 |" in section  # the diverged trial is not among the 12
+
+
+def test_tables_tex_compiles(report, tmp_path: Path) -> None:
+    tex = (report.out_dir / "tables.tex").read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "\\mathbf{" in tex
+    assert "paper" in tex and "LVAE+BN+WU" in tex and "\\_" in tex
+    pdflatex = shutil.which("pdflatex")
+    if pdflatex is None:
+        pytest.skip("pdflatex is not installed")
+    shutil.copy(report.out_dir / "tables.tex", tmp_path / "tables.tex")
+    (tmp_path / "doc.tex").write_text(
+        "\\documentclass{article}\n\\usepackage[utf8]{inputenc}\n\\usepackage{booktabs}\n"
+        "\\usepackage[margin=1cm,landscape]{geometry}\n\\begin{document}\n\\input{tables.tex}\n\\end{document}\n"
+    )
+    done = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 1000
+
+
+def test_cli_claims_from_mlflow_and_strict(store: str) -> None:
+    result = runner.invoke(app, ["claims", STUDY, "--tracking-uri", store])
+    assert result.exit_code == 0, result.output
+    assert "[holds] planted:" in result.output and "[contradicted] reversed:" in result.output
+    assert "paired n=6" in result.output and "inconclusive (one seed)" in result.output
+    strict = runner.invoke(app, ["claims", STUDY, "--tracking-uri", store, "--strict"])
+    assert strict.exit_code == 1
+    assert "1 claim(s) contradicted: reversed" in strict.output
+
+
+def test_cli_claims_on_the_committed_reproduction() -> None:
+    folder = REPO / "reports" / "lvae_icml_mnist"
+    result = runner.invoke(app, ["claims", "lvae_icml_mnist", "--from", str(folder),
+                                 "--study-file", str(REPO / "ablations" / "lvae_icml_mnist.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "38 trials: 38 finished" in result.output
+    assert "[holds] bn_wu_beats_vae:" in result.output and "paired n=2" in result.output
+
+
+def test_cli_claims_errors_exit_2(tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["claims", "lvae_icml_mnist", "--from", str(tmp_path)])
+    assert missing.exit_code == 2 and "no trials.parquet" in missing.output
+    assert "Traceback" not in missing.output
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _study_with_claims(tmp_path: Path, claims: list[dict]) -> Path:
+    source = REPO / "ablations" / "lvae_icml_mnist.yaml"
+    data = yaml.safe_load(source.read_text())
+    data["search_space"] = str(REPO / "search_spaces" / "lvae_icml.yaml")
+    data["report"]["claims"] = claims
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("claim", "key", "message"),
+    [
+        ({"a": "LVAE+BN+WU", "b": ["VAE"]}, "report.claims[0].a", "no trial of this budget has variant=LVAE+BN+WU"),
+        ({"a": "VAE", "b": ["VAE+BM"]}, "report.claims[0].b[0]", "did you mean 'VAE+BN'"),
+        ({"a": "VAE", "metric": "test_ll"}, "report.claims[0].metric", "unknown metric 'test_ll'"),
+        ({"a": "VAE", "per": "latent_dims", "levels": ["64-32-16-8-4-2"]}, "report.claims[0].levels[0]",
+         "no trial of this budget has latent_dims=64-32-16-8-4-2"),
+        ({"a": "VAE", "metric": "kl_layer_6"}, "report.claims[0].metric", "layer 6 does not exist"),
+        ({"a": "VAE", "where": {"depht": 5}}, "report.claims[0].where.depht", "did you mean 'depth'"),
+    ],
+)
+def test_validation_refuses_a_claim_the_grid_cannot_answer(tmp_path: Path, claim: dict, key: str, message: str) -> None:
+    full = {"name": "c", "statement": "s", "source": "ICML §4", "metric": "test_ll_iw", **claim}
+    result = runner.invoke(app, ["validate", str(_study_with_claims(tmp_path, [full]))])
+    assert result.exit_code == 2
+    assert key in result.output and message in result.output and "Traceback" not in result.output
+
+
+def test_validation_refuses_a_claim_with_two_forms(tmp_path: Path) -> None:
+    claim = {"name": "c", "statement": "s", "source": "x", "metric": "test_ll_iw", "a": "VAE", "threshold": 1.0}
+    result = runner.invoke(app, ["validate", str(_study_with_claims(tmp_path, [claim]))])
+    assert result.exit_code == 2 and "report.claims[0]" in result.output and "not both" in result.output
+
+
+# --------------------------------------------------------------------------- error rates
+
+
+def _null_frame(rng: np.random.Generator, n: int, cells: int, effect: float) -> pd.DataFrame:
+    """Two models over `n` seeds in `cells` cells; each seed shifts both models alike."""
+    rows = []
+    for cell in range(cells):
+        seed_share = rng.normal(0.0, 1.0, n)
+        for label, shift in (("A", effect), ("B", 0.0)):
+            values = seed_share + shift + rng.normal(0.0, 0.5, n)
+            rows += [{"trial_id": f"{label}{cell}-{s}", "status": "finished", "label": label, "variant": label,
+                      "seed": s, "depth": cell + 1, "test_ll_iw": v} for s, v in enumerate(values)]
+    return pd.DataFrame(rows)
+
+
+def _rates(spec: ClaimSpec, generators: int, n: int, cells: int, effect: float) -> dict[str, float]:
+    verdicts = [evaluate_claim(spec, _null_frame(np.random.default_rng(g), n, cells, effect), 0.05).verdict
+                for g in range(generators)]
+    return {v: verdicts.count(v) / generators for v in ("holds", "contradicted", "inconclusive")}
+
+
+def _spec(**extra) -> ClaimSpec:
+    return ClaimSpec(name="c", statement="A > B", source="test", metric="test_ll_iw", a="A", b=["B"], **extra)
+
+
+def test_null_is_called_significant_at_about_alpha_paired_t() -> None:
+    rates = _rates(_spec(), generators=1000, n=5, cells=1, effect=0.0)
+    significant = rates["holds"] + rates["contradicted"]
+    # binomial sd at 1000 draws is 0.0069: 0.05 ± 3 sd
+    assert 0.029 <= significant <= 0.071, rates
+    assert 0.008 <= rates["holds"] <= 0.042 and 0.008 <= rates["contradicted"] <= 0.042  # two-sided: α/2 each
+
+
+def test_null_with_exact_permutation_stays_at_or_below_alpha() -> None:
+    rates = _rates(_spec(test="permutation"), generators=400, n=8, cells=1, effect=0.0)
+    significant = rates["holds"] + rates["contradicted"]
+    assert 0.015 <= significant <= 0.08, rates  # exact and discrete: at most α, sd 0.011 at 400 draws
+
+
+def test_holm_keeps_contradictions_over_cells_below_alpha() -> None:
+    # four null cells: uncorrected, some cell would be "contradicted" in 1 − 0.975⁴ ≈ 10% of studies
+    rates = _rates(_spec(per="depth"), generators=400, n=5, cells=4, effect=0.0)
+    assert rates["contradicted"] <= 0.055 and rates["holds"] <= 0.01, rates
+
+
+def test_planted_effect_is_found_over_generator_seeds() -> None:
+    rates = _rates(_spec(per="depth"), generators=300, n=5, cells=2, effect=1.5)
+    assert rates["holds"] >= 0.9 and rates["contradicted"] == 0.0, rates
+
+
+def test_exact_permutation_with_two_seeds_says_it_cannot_reach_alpha() -> None:
+    frame = _null_frame(np.random.default_rng(0), n=2, cells=1, effect=5.0)
+    result = evaluate_claim(_spec(test="permutation"), frame, 0.05)
+    assert result.verdict == "inconclusive"
+    assert "smallest attainable p is 0.5" in result.comparisons[0].reason
+
+
+# --------------------------------------------------------------------------- sampled studies
+
+
+def test_importance_of_a_sampled_study_ranks_the_planted_param_first(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    n = 40
+    lr = 10 ** rng.uniform(-4, -2, n)
+    free_bits = rng.uniform(0.0, 2.0, n)
+    trials = pd.DataFrame({
+        "trial_id": [f"t{k}" for k in range(n)], "status": ["finished"] * (n - 2) + ["failed", "diverged"],
+        "label": "VAE", "variant": "", "seed": 0, "lr": lr, "free_bits": free_bits,
+        "warmup_epochs": rng.integers(0, 3, n), "test_elbo": -100 + 8.0 * np.log10(lr) + 0.2 * free_bits + rng.normal(0, 0.1, n),
+    })
+    drivers = what_drives(trials, "test_elbo", sampled=True)
+    assert drivers is not None and drivers.kind == "importance"
+    assert drivers.table["axis"].iloc[0] == "lr" and drivers.table["importance"].iloc[0] > 0.8
+    assert drivers.n_trials == n - 2 and "2 trial(s) not finished" in drivers.notes[0]
+    path = tmp_path / "pc.png"
+    parallel_coordinates(trials, drivers).savefig(path)
+    assert path.stat().st_size > 10_000
