@@ -446,7 +446,7 @@ def claims(
         typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"study {name}: trials from {origin} ({status_line(trials)}); claims from {spec_origin}; α = {spec.alpha:g}")
     if not result.claims:
-        typer.echo("no claims: add them to the study's report.claims")
+        typer.echo(f"no claims in {spec_origin}: add them to the study's report.claims, or pass --study-file ablations/{name}.yaml")
     for line in format_claims(result.claims):
         typer.echo(line)
     if result.drivers is not None:
