@@ -292,7 +292,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         record = sec.get(name, {"status": "not requested"})
         lines.append(f"## {SECTIONS.index(name) + 1}. {name} — {record.get('status')} "
                      f"({fmt(record.get('seconds'), 0)} s)")
-        shown = record.get("status") == "ok" or (name in ("tests", "speed") and len(record) > 2)
+        shown = record.get("status") == "ok" or (name in ("tests", "speed", "paper") and len(record) > 2)
         lines += SECTION_LINES[name](record) if shown else []
         if "log_tail" in record or "traceback" in record:
             lines += ["```", (record.get("traceback") or record.get("log_tail"))[-1500:], "```"]
@@ -342,9 +342,9 @@ def paper_lines(r: dict) -> list[str]:
                    f"| {fmt(x.get('test_elbo'), 2)} | {lk} | {x['paper_l5000']} | {fmt(x.get('epoch_s'), 2)} "
                    f"| {fmt(x.get('eval_extra_s'), 2)}{' (est.)' if x.get('eval_extra_estimated') else ''} "
                    f"| {fmt(x.get('projected_h'), 2)} | {x['checkpoint']} ({fmt(x.get('mb'), 1)} MiB) |")
-        if x.get("note"):
-            out.append(f"\n{x['label']}: {x['note']}")
-    return out
+    notes = [f"- {x['label']}: {x['note']}" for x in r.values()
+             if isinstance(x, dict) and x.get("note")]
+    return out + ([""] + notes if notes else [])
 
 
 def grid_lines(r: dict) -> list[str]:

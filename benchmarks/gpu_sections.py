@@ -50,8 +50,8 @@ PAPER_VARIANTS = {
 }
 PAPER_CONFIG = dict(depth=5, batch_norm=True, warmup_epochs=200, epochs=2000, batch_size=256,
                     lr=1e-3, eval_every=10, eval_iw=5000, train_subset=0, seed=0)
-# Fields that may change between the calls of one paper run (where it runs, not what).
-RESUMABLE_DIFFERENCES = {"device", "data_dir", "compile"}
+# Where a paper run runs, not what it trains: taken from this call when resuming.
+WHERE_IT_RUNS = ("device", "data_dir", "compile")
 ROWS_PER_IW_PASS = 1 << 20  # as Trainer's final evaluation on CUDA
 
 
@@ -240,7 +240,7 @@ def _measure(run: Callable[[], dict], base: dict) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- section 3
 
-def iw_section(plan: Plan, deadline: float) -> dict[str, Any]:
+def iw_section(plan: Plan, deadline: float, save: Callable[[dict], None]) -> dict[str, Any]:
     """L_5000 of the 5-layer LVAE+BN on the whole 10,000-image test set, batched (K tiled
     along rows). Untrained weights: this times the evaluation; the value is no likelihood."""
     if not cuda() and not plan.smoke:
@@ -281,15 +281,23 @@ def paper_config(plan: Plan, inference: str) -> TrialConfig:
                        device="auto", compile="auto")
 
 
-def check_same_run(saved: dict[str, Any], cfg: TrialConfig, path: Path) -> None:
-    """A checkpoint continues only the run that wrote it (a --smoke one only a --smoke one)."""
+def resumed_config(saved: dict[str, Any], cfg: TrialConfig, path: Path) -> tuple[TrialConfig, str]:
+    """The run's own configuration, to continue it as it started even if vaelab's defaults
+    moved since; refused when it is not this budget and model (a --smoke checkpoint
+    resumes only a --smoke run). Returns it and a note of the settings that differ from
+    today's defaults."""
     current = cfg.model_dump(mode="json")
-    diff = sorted(k for k in current if k not in RESUMABLE_DIFFERENCES and saved.get(k) != current[k])
+    budget = set(PAPER_CONFIG) | set(SMOKE.paper) | {"dataset", "inference"}
+    diff = sorted(k for k in budget if saved.get(k) != current[k])
     if diff:
         shown = ", ".join(f"{k}: {saved.get(k)!r} there, {current[k]!r} here" for k in diff)
         raise ValueError(f"--resume {path}: this checkpoint belongs to another run ({shown}); "
                          "pass the folder of the same kind of call (a --smoke checkpoint resumes "
                          "only a --smoke run)")
+    config = TrialConfig(**(saved | {k: current[k] for k in WHERE_IT_RUNS}))
+    moved = [f"{k}={v!r} (default now {current[k]!r})" for k, v in config.model_dump(mode="json").items()
+             if v != current[k]]
+    return config, ("with its own settings " + ", ".join(moved)) if moved else ""
 
 
 def compact_state(trainer: Trainer, extra: dict[str, Any]) -> dict[str, Any]:
@@ -379,16 +387,16 @@ class PaperRun:
 
 def open_paper_run(plan: Plan, name: str, data: Dataset) -> PaperRun:
     cfg = paper_config(plan, PAPER_VARIANTS[name]["inference"])
-    trainer = Trainer([cfg], data)
     path = Path(plan.resume) / f"paper_{name}.pt" if plan.resume else None
     if path is None or not path.exists():
         note = f"no {path.name} in {plan.resume}: started at epoch 0" if path else ""
-        return PaperRun(name, trainer, [], 0, note)
+        return PaperRun(name, Trainer([cfg], data), [], 0, note)
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    check_same_run(saved["gpu_check"]["config"], cfg, path)
+    cfg, moved = resumed_config(saved["gpu_check"]["config"], cfg, path)
+    trainer = Trainer([cfg], data)
     trainer.load(path)
     return PaperRun(name, trainer, list(saved["gpu_check"]["history"]), trainer.epoch,
-                    f"resumed from {path} at epoch {trainer.epoch}")
+                    " ".join(filter(None, [f"resumed from {path.name} at epoch {trainer.epoch}", moved])))
 
 
 def iw_k_that_fits(plan: Plan, n_test: int, seconds: float) -> int:
@@ -402,51 +410,57 @@ def iw_k_that_fits(plan: Plan, n_test: int, seconds: float) -> int:
     return int(max(1, min(5000, rate * seconds / n_test)))
 
 
-def finish_paper_run(plan: Plan, run: PaperRun, seconds: float) -> dict[str, Any]:
-    """Test ELBO and L_K of the weights reached, then the checkpoint a later call resumes."""
-    trainer, info = run.trainer, PAPER_VARIANTS[run.name]
-    result: dict[str, Any] = {"label": info["label"], "paper_l5000": info["paper_l5000"],
-                              "start_epoch": run.start_epoch, "epoch": trainer.epoch,
-                              "note": run.note, "first_epoch_s": run.first_s}
-    if trainer.epoch > 0:
-        cfg, x = trainer.config, trainer.data.test_x
-        k = iw_k_that_fits(plan, x.shape[0], seconds)
-        start = time.perf_counter()
-        trainer._prepare_eval(trainer.epoch)
-        elbo = evaluate_elbo(trainer.model, x, trainer._eval_generators(trainer.epoch, 2),
-                             cfg.eval_batch_size, cfg.kl_estimator)
-        ll = evaluate_iw(trainer.model, x, k, trainer._eval_generators(trainer.epoch, 4),
-                         cfg.eval_batch_size, max_rows=ROWS_PER_IW_PASS if cuda() else 1 << 16)
-        sync()
-        result |= {"test_elbo": float(elbo.elbo[0]), "l_k": float(ll[0]), "k": k,
-                   "final_eval_s": time.perf_counter() - start}
-    result |= projection(run, result.get("final_eval_s"))
+def save_paper_run(plan: Plan, run: PaperRun) -> dict[str, Any]:
+    """The checkpoint a later call resumes, written before any final evaluation so that a
+    section killed at its deadline still returns the epochs it trained."""
+    info, trainer = PAPER_VARIANTS[run.name], run.trainer
     path = Path(plan.out) / f"paper_{run.name}.pt"
     torch.save(compact_state(trainer, {"config": trainer.config.model_dump(mode="json"),
                                        "history": run.history}), path)
-    return result | {"checkpoint": path.name, "history": run.history,
-                     **verify_checkpoint(path, trainer)}
+    return {"label": info["label"], "paper_l5000": info["paper_l5000"], "note": run.note,
+            "start_epoch": run.start_epoch, "epoch": trainer.epoch, "first_epoch_s": run.first_s,
+            "checkpoint": path.name, "history": run.history, **verify_checkpoint(path, trainer)}
 
 
-def projection(run: PaperRun, final_eval_s: Optional[float]) -> dict[str, Any]:
+def evaluate_reached(plan: Plan, run: PaperRun, seconds: float) -> dict[str, Any]:
+    """Test ELBO and L_K (K as large as `seconds` allows, at most 5000) of the weights reached."""
+    trainer = run.trainer
+    if trainer.epoch == 0:
+        return {}
+    cfg, x, epoch = trainer.config, trainer.data.test_x, trainer.epoch
+    k = iw_k_that_fits(plan, x.shape[0], seconds)
+    start = time.perf_counter()
+    trainer._prepare_eval(epoch)  # BN population statistics, eval mode: as the Trainer does
+    elbo = evaluate_elbo(trainer.model, x, trainer._eval_generators(epoch, 2),
+                         cfg.eval_batch_size, cfg.kl_estimator)
+    sync()
+    elbo_s, start = time.perf_counter() - start, time.perf_counter()
+    ll = evaluate_iw(trainer.model, x, k, trainer._eval_generators(epoch, 4),
+                     cfg.eval_batch_size, max_rows=ROWS_PER_IW_PASS if cuda() else 1 << 16)
+    sync()
+    return {"test_elbo": float(elbo.elbo[0]), "l_k": float(ll[0]), "k": k,
+            "elbo_eval_s": elbo_s, "l_k_s": time.perf_counter() - start}
+
+
+def projection(run: PaperRun, reached: dict[str, Any]) -> dict[str, Any]:
     """Hours for all 2000 epochs at this call's rates: epochs without evaluation, plus the
-    extra of the evaluated ones (every eval_every), plus the final L_5000."""
+    extra of the evaluated ones (every eval_every), plus the final L_5000 (scaled from the
+    L_K just timed)."""
     if not run.train_s:
         return {}
     cfg = run.trainer.config
     train = statistics.median(run.train_s)
     extra = run.eval_extra_s()
     estimated = extra is None
-    if estimated:  # no evaluated epoch measured: the Trainer's evaluation does about 1.5
-        extra = 1.5 * (final_eval_s or train)  # times our final ELBO pass (test + train sets)
-    evals = cfg.epochs // cfg.eval_every
-    seconds = cfg.epochs * train + evals * extra
+    if estimated:  # no evaluated epoch measured: the Trainer's evaluation passes over the
+        extra = 2.0 * reached.get("elbo_eval_s", train)  # test and a training subset
+    final = reached["l_k_s"] * cfg.eval_iw / reached["k"] if "k" in reached else 0.0
+    seconds = cfg.epochs * train + cfg.epochs // cfg.eval_every * extra + final
     return {"epoch_s": train, "eval_extra_s": extra, "eval_extra_estimated": estimated,
-            "steps_per_epoch": run.trainer.steps_per_epoch,
-            "projected_h": seconds / 3600, "projected_h_excludes": "the final L_5000"}
+            "steps_per_epoch": run.trainer.steps_per_epoch, "projected_h": seconds / 3600}
 
 
-def paper_section(plan: Plan, deadline: float) -> dict[str, Any]:
+def paper_section(plan: Plan, deadline: float, save: Callable[[dict], None]) -> dict[str, Any]:
     """The two 5-layer models one after the other, each for half the time left."""
     if not cuda() and not plan.smoke:
         raise Skipped("no CUDA")
@@ -459,7 +473,12 @@ def paper_section(plan: Plan, deadline: float) -> dict[str, Any]:
     for i, name in enumerate(names):
         fresh_compiler_state()
         own_deadline = time.time() + (deadline - time.time()) / (len(names) - i)
-        result[name] = train_paper_run(plan, name, data, own_deadline)
+        run = train_paper_run(plan, name, data, own_deadline)
+        result[name] = save_paper_run(plan, run)
+        save(result)
+        reached = evaluate_reached(plan, run, max(1.0, own_deadline - time.time()))
+        result[name] |= reached | projection(run, reached)
+        save(result)
     return result
 
 
@@ -475,16 +494,16 @@ def first_epoch_guess_s(plan: Plan) -> float:
     return 1.5 * max(warmups) if warmups else plan.sizes.first_epoch_guess_s
 
 
-def train_paper_run(plan: Plan, name: str, data: Dataset, deadline: float) -> dict[str, Any]:
+def train_paper_run(plan: Plan, name: str, data: Dataset, deadline: float) -> PaperRun:
+    """As many epochs as fit before `deadline`, keeping a quarter for saving and L_K."""
     run = open_paper_run(plan, name, data)
-    final_s = max(5.0, 0.25 * (deadline - time.time()))  # L_K + checkpoint
+    final_s = max(5.0, 0.25 * (deadline - time.time()))
     limit, first_guess = plan.sizes.paper_max_epochs, first_epoch_guess_s(plan)
     while not run.finished and (limit is None or run.trainer.epoch - run.start_epoch < limit):
         if time.time() + run.next_epoch_s(first_guess) + final_s > deadline:
             break
         run.one_epoch()
-    left = max(1.0, deadline - time.time() - 3.0)  # what the final L_K may spend
-    return finish_paper_run(plan, run, left)
+    return run
 
 
 # ----------------------------------------------------------------------------- worker
@@ -508,8 +527,7 @@ def run_section(plan: Plan, name: str) -> bool:
 
     print(f"[gpu_check] {name}: {deadline - started:.0f} s", flush=True)
     try:
-        extra = (SECTIONS[name](plan, deadline, save) if name == "speed"
-                 else SECTIONS[name](plan, deadline))
+        extra = SECTIONS[name](plan, deadline, save)
         record |= extra | {"status": "ok"}
         ok = True
     except Skipped as why:
@@ -519,8 +537,8 @@ def run_section(plan: Plan, name: str) -> bool:
         record |= {"status": f"failed: {type(err).__name__}: {err}".splitlines()[0][:400],
                    "traceback": traceback.format_exc()[-3000:]}
         ok = False
-    if name == "speed" and out.exists() and "rows" not in record:
-        record["rows"] = json.loads(out.read_text()).get("rows", [])
+    if not ok and out.exists():  # keep what the section measured before it failed
+        record = json.loads(out.read_text()) | record
     write_json(out, record | {"seconds": time.time() - started})
     print(f"[gpu_check] {name}: {record['status']} ({time.time() - started:.1f} s)", flush=True)
     return ok

@@ -100,18 +100,22 @@ def test_smoke_writes_every_section_and_a_later_call_resumes_the_paper_run(tmp_p
         assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained on
 
 
-def test_a_checkpoint_resumes_only_the_run_that_wrote_it(tmp_path):
+def test_a_checkpoint_resumes_only_the_run_that_wrote_it_with_its_own_settings(tmp_path):
     import gpu_sections
 
     plan = gpu_sections.Plan(sections=["paper"], end=0.0, smoke=True, dataset="digits",
                              data_dir=None, out=str(tmp_path), work=str(tmp_path))
     cfg = gpu_sections.paper_config(plan, "ladder")
     where = tmp_path / "paper_ladder_bn_wu.pt"
-    moved = cfg.model_dump(mode="json") | {"data_dir": "/elsewhere", "device": "cuda"}
-    gpu_sections.check_same_run(moved, cfg, where)  # same run, another machine
+    # written on another machine, when a default (adam_eps) was different: the run goes on
+    # with its own adam_eps, and this machine's device and data folder
+    saved = cfg.model_dump(mode="json") | {"data_dir": "/elsewhere", "device": "cuda", "adam_eps": 0.5}
+    resumed, note = gpu_sections.resumed_config(saved, cfg, where)
+    assert (resumed.adam_eps, resumed.device, resumed.data_dir) == (0.5, cfg.device, cfg.data_dir)
+    assert "adam_eps=0.5 (default now" in note
     other = cfg.model_dump(mode="json") | {"batch_size": 256, "train_subset": 0}
     with pytest.raises(ValueError, match=r"paper_ladder_bn_wu.pt: .*batch_size: 256 there, 32 here"):
-        gpu_sections.check_same_run(other, cfg, where)
+        gpu_sections.resumed_config(other, cfg, where)
 
 
 @pytest.mark.parametrize("argv, says", [
