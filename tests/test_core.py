@@ -14,7 +14,7 @@ from vaelab.model import HierarchicalVAE, InitScheme, NoiseTape, gaussian_merge
 from vaelab.objectives import (beta_at, gaussian_log_prob, kl_anneal_beta, kl_gaussians,
                                layer_kl, log_weights, training_objective, warmup_beta)
 from vaelab.smoothing import OUSmoother, correlated_inputs, ou_operator
-from vaelab.train import Trainer
+from vaelab.train import Trainer, has_fast_bf16, resolve_precision
 
 
 def tiny_dataset(n_train: int = 192, n_test: int = 64, dim: int = 16, seed: int = 0) -> Dataset:
@@ -31,7 +31,7 @@ def tiny_dataset(n_train: int = 192, n_test: int = 64, dim: int = 16, seed: int 
 def tiny_config(**overrides) -> TrialConfig:
     values = dict(dataset="digits", depth=3, latent_dims="6-4-2", hidden_dims="16-12-8",
                   epochs=3, batch_size=32, eval_iw=8, eval_every=1, train_eval_size=64,
-                  eval_batch_size=64)
+                  eval_batch_size=64, precision="fp32")  # exact comparisons: no bf16 rounding
     return TrialConfig(**(values | overrides))
 
 
@@ -477,6 +477,14 @@ def test_glorot_init_matches_the_original_code():
     assert abs(head.mean.weight.std().item() / math.sqrt(2.0 / (512 + 64)) - 1) < 0.05
     assert torch.all(head.var.bias == 1.0) and torch.all(head.mean.bias == 0.0)
     assert torch.all(hidden.bias == 0.0)
+
+
+def test_precision_auto_resolves_by_hardware():
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("auto", cpu) == ("bf16" if has_fast_bf16(cpu) else "fp32")
+    trainer = Trainer([tiny_config(precision="auto")], tiny_dataset())
+    assert trainer.bf16 == has_fast_bf16(cpu)
 
 
 def test_elementwise_gradient_clip_bounds_every_gradient():

@@ -87,6 +87,30 @@ def use_cpu_threads(cpus: float) -> int:
     return threads
 
 
+# `compile: auto` on CPU compiles only trials long enough to repay the compile (~10-60 s of
+# C++ builds for a 5-layer model, saved back at ~1.4× per step: benchmarks/RESULTS.md)
+CPU_COMPILE_MIN_STEPS = 5000
+
+
+def has_fast_bf16(device: torch.device) -> bool:
+    """Whether the device's matrix units run bf16 faster than fp32: CUDA compute capability
+    >= 8 (Ampere tensor cores), or a CPU with AMX-BF16 or AVX512-BF16 instructions."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: assume not
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> bf16 where the hardware is fast at it, else fp32; others unchanged."""
+    if precision != "auto":
+        return precision
+    return "bf16" if has_fast_bf16(device) else "fp32"
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -160,7 +184,8 @@ class Trainer:
         self.ou_numel = self.model.ou_noise_numel(self.batch_size, self.samples_per_step,
                                                   cfg.ou_samples) if smoothing else 0
         # bf16 stays on only while its ELBO agrees with fp32 (checked at each evaluation)
-        self.bf16 = cfg.precision == "bf16"
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.bf16 = self.precision == "bf16"
         self.loss_fn = self._compiled_loss(cfg.compile)
         self.epoch, self.step, self.wall_time = 0, 0, 0.0
         self.status = ["running"] * self.members
@@ -170,11 +195,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up helpers
 
+    def _compile_auto(self) -> bool:
+        """`compile: auto`: always on CUDA (CUDA graphs); on CPU for long trials only."""
+        if self.device.type == "cuda":
+            return True
+        return self.config.epochs * self.steps_per_epoch >= CPU_COMPILE_MIN_STEPS
+
     def _compiled_loss(self, mode: str):
-        use = mode in ("compile", "cudagraphs") or (mode == "auto" and self.device.type == "cuda")
+        use = mode in ("compile", "cudagraphs") or (mode == "auto" and self._compile_auto())
         if not use:
             return self._loss
-        options = {"mode": "reduce-overhead"} if mode in ("cudagraphs", "auto") else {}
+        cuda_graphs = mode == "cudagraphs" or (mode == "auto" and self.device.type == "cuda")
+        options = {"mode": "reduce-overhead"} if cuda_graphs else {}
         compiled = torch.compile(self._loss, dynamic=False, **options)
         if mode != "auto":
             return compiled
@@ -302,7 +334,7 @@ class Trainer:
         test = evaluate_elbo(self.model, self.data.test_x, self._eval_generators(epoch, 2),
                              cfg.eval_batch_size, cfg.kl_estimator)
         metrics = [self._elbo_metrics(test, s) for s in range(self.members)]
-        if cfg.precision == "bf16":
+        if self.precision == "bf16":
             for m, gap in zip(metrics, self._check_bf16(epoch, test)):
                 m["bf16_elbo_gap"] = gap
         if cfg.train_eval_size > 0:
@@ -316,9 +348,13 @@ class Trainer:
         if final:
             if self.on_final_eval is not None:
                 self.on_final_eval(epoch, cfg.eval_iw, int(self.data.test_x.shape[0]))
+            # bf16 matmuls while the trial's bf16 ELBO check holds: on a trained 5-layer ladder
+            # L_5000 moved by 0.011 nats against fp32 (benchmarks/RESULTS.md); log-weights,
+            # logsumexp and the mean stay fp32 / fp64
             ll = evaluate_iw(self.model, self.data.test_x, cfg.eval_iw,
                              self._eval_generators(epoch, 4), cfg.eval_batch_size,
-                             max_rows=(1 << 20) if self.device.type == "cuda" else (1 << 16))
+                             max_rows=(1 << 20) if self.device.type == "cuda" else (1 << 14),
+                             bf16=self.bf16)
             for s, m in enumerate(metrics):
                 m["test_ll_iw"] = float(ll[s])
         for s in range(self.members):
@@ -428,7 +464,7 @@ class Trainer:
         self.wall_time = float(state["wall_time"])
         self.status = list(state["status"])
         self.unit_kl_history = state["unit_kl"]
-        self.bf16 = bool(state.get("bf16", self.config.precision == "bf16"))
+        self.bf16 = bool(state.get("bf16", self.precision == "bf16"))
 
     # ------------------------------------------------------------------ artifacts
 
