@@ -8,6 +8,7 @@ server, a bad --set) prints one clean message to stderr and exits with status 2.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -28,8 +29,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: Rich markup would eat the "[default: ...]" of help strings
 )
-data_app = typer.Typer(help="Datasets: fetch and list.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: fetch and list.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 
 USER_ERROR = 2
@@ -85,6 +87,20 @@ def _tracking_uri(uri: Optional[str]) -> str:
 # --------------------------------------------------------------------------- --set
 
 
+# `--set a=1 b=2`: click gives an option one value, so the pairs after the first arrive
+# as extra arguments (Helm and Hydra users type several pairs after one --set).
+EXTRA_PAIRS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def set_items(items: list[str], ctx: typer.Context) -> list[str]:
+    """The --set pairs, those given after one --set included; any other extra argument is an error."""
+    for extra in ctx.args:
+        if "=" not in extra or extra.startswith("-"):
+            fail(f"unexpected argument {extra!r} (parameters are key=value pairs after --set; "
+                 f"see `vaelab {ctx.info_name} --help`)")
+    return [*items, *ctx.args]
+
+
 def parse_sets(items: list[str]) -> dict[str, Any]:
     """`key=value` pairs; each value is parsed as YAML (safe loader): 3, 1.0e-3, true, null, 64-32-16."""
     values: dict[str, Any] = {}
@@ -120,7 +136,11 @@ def _describe_error(error: dict[str, Any], values: dict[str, Any]) -> str:
     loc = [str(p) for p in error.get("loc", ())]
     key = loc[0] if loc else ""
     if error.get("type") == "extra_forbidden":
-        return f"--set {key}={values.get(key)!r}: unknown parameter {key!r}"
+        from vaelab.config import TrialConfig
+
+        close = difflib.get_close_matches(key, list(TrialConfig.model_fields), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"--set {key}={values.get(key)!r}: unknown parameter {key!r}{hint}"
     message = error.get("msg", "invalid").removeprefix("Value error, ")
     if key in values:
         return f"--set {key}={values[key]!r}: {message}"
@@ -130,8 +150,9 @@ def _describe_error(error: dict[str, Any], values: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- run / resume
 
 
-@app.command()
+@app.command(context_settings=EXTRA_PAIRS)
 def run(
+    ctx: typer.Context,
     study: Path = typer.Argument(..., help="Study YAML (ablations/*.yaml)"),
     budget: Optional[str] = typer.Option(None, "--budget", help="Budget name [default: the study's default_budget]"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: auto, ray://HOST:10001, HOST:6379 [default: local Ray]"),
@@ -139,14 +160,14 @@ def run(
     tracking_uri: Optional[str] = TrackingOpt,
     name: Optional[str] = typer.Option(None, "--name", help="Run name (Tune experiment folder) [default: STUDY-BUDGET-TIMESTAMP]"),
     shared_storage: bool = typer.Option(False, "--shared-storage", help="Assert that a local --storage path (and a SQLite tracking file) is on a filesystem every node mounts"),
-    set_: list[str] = typer.Option([], "--set", help="Override a trial parameter for every trial: key=value"),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override trial parameters for every trial: --set key=value [key=value ...]"),
     no_report: bool = typer.Option(False, "--no-report", help="Skip the report at the end"),
 ) -> None:
     """Expand the study, run every trial on Ray Tune, log to MLflow, write the report."""
     with user_errors():
         from vaelab.studies import load_study
 
-        loaded = load_study(study, budget, overrides=parse_sets(set_) or None)
+        loaded = load_study(study, budget, overrides=parse_sets(set_items(set_, ctx)) or None)
         from vaelab.studies.runner import run_study
 
         result = run_study(
@@ -158,12 +179,12 @@ def run(
 
 @app.command()
 def resume(
-    name: str = typer.Argument(..., help="The run name printed by `vaelab run`"),
+    name: str = typer.Argument(..., help="The run name printed by `vaelab run` (or the start of it, e.g. the study name, when one run matches)"),
     storage: Optional[str] = StorageOpt,
     tracking_uri: Optional[str] = TrackingOpt,
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster [default: local Ray]"),
-    shared_storage: bool = typer.Option(False, "--shared-storage"),
-    no_report: bool = typer.Option(False, "--no-report"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: auto, ray://HOST:10001, HOST:6379 [default: local Ray]"),
+    shared_storage: bool = typer.Option(False, "--shared-storage", help="Assert that a local --storage path (and a SQLite tracking file) is on a filesystem every node mounts"),
+    no_report: bool = typer.Option(False, "--no-report", help="Skip the report at the end"),
 ) -> None:
     """Continue an interrupted study; finished trials are not rerun."""
     with user_errors():
@@ -354,36 +375,35 @@ def _json_value(value: Any) -> Any:
 # --------------------------------------------------------------------------- train
 
 
-@app.command()
+@app.command(context_settings=EXTRA_PAIRS)
 def train(
-    set_: list[str] = typer.Option([], "--set", help="A trial parameter: key=value (repeatable)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Export the model and artifacts here"),
+    ctx: typer.Context,
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Trial parameters: --set key=value [key=value ...] (repeatable)"),
+    preset: str = typer.Option("quick", "--preset", help="quick: 10 epochs, K = 100 (about a minute); paper: the papers' 2000 epochs, K = 5000"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Export the model and artifacts here; a checkpoint is kept here while training"),
+    resume_from: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted training from its folder (--set may change epochs)"),
 ) -> None:
-    """Train one trial without Ray or MLflow; the last stdout line is the final metrics as JSON."""
-    values = parse_sets(set_)
-    config = build_trial_config(values)
+    """Train one trial without Ray or MLflow; the last stdout line is the final metrics as JSON.
+
+    Ctrl-C saves a checkpoint after the current epoch; `--resume DIR` continues it."""
+    from vaelab import train_one
+
     with user_errors():
-        final, status = _train(config, out)
+        if resume_from is not None:
+            base = train_one.resume_values(resume_from)
+        else:
+            base = train_one.preset_values(preset)
+            typer.echo(train_one.preset_line(preset), err=True)
+    config = build_trial_config({**base, **parse_sets(set_items(set_, ctx))})
+    with user_errors():
+        final, status = train_one.train_one(config, out or resume_from, resume_from, _echo_err, _epoch_line)
     typer.echo(json.dumps({**{k: _json_value(v) for k, v in final.items()}, "status": status}))
+    if status == "interrupted":
+        raise typer.Exit(130)
 
 
-def _train(config: Any, out: Optional[Path]) -> tuple[dict[str, Any], str]:
-    from vaelab.train import Trainer, available_cpus, use_cpu_threads
-
-    use_cpu_threads(available_cpus())  # alone: every CPU this process may use
-    trainer = Trainer([config])
-    final: dict[str, Any] = {}
-    status = "running"
-    for report in trainer.run():
-        final.update(report.metrics[0])
-        status = report.status[0]
-        typer.echo(_epoch_line(report.epoch, config.epochs, report.metrics[0], status), err=True)
-    status = "finished" if status == "running" else status
-    if out is not None:
-        paths = trainer.export_artifacts(0, out)
-        (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        typer.echo(f"artifacts: {', '.join(p.name for p in paths)}, config.yaml -> {out}", err=True)
-    return final, status
+def _echo_err(line: str) -> None:
+    typer.echo(line, err=True)
 
 
 def _epoch_line(epoch: int, epochs: int, m: dict[str, float], status: str) -> str:

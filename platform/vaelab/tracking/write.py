@@ -435,6 +435,12 @@ def git_sha(start: Optional[Path] = None) -> str:
     return sha + ("+dirty" if dirty else "")
 
 
+def code_git_sha() -> str:
+    """The SHA of the vaelab code that runs (the repository holding this package), whatever
+    folder the study YAML or the shell is in."""
+    return git_sha(Path(__file__).resolve().parents[1])
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that decide a result (read from metadata: nothing imported)."""
     out = {}
@@ -521,7 +527,8 @@ def start_study_run(
         TAG_STUDY: study,
         TAG_RUN_NAME: run_name,
         TAG_STATUS: "running",
-        "vaelab.git_sha": git_sha(repo_dir),
+        "vaelab.git_sha": code_git_sha(),
+        **({"vaelab.study_git_sha": git_sha(repo_dir)} if repo_dir else {}),  # the study file's repo
         "vaelab.spec_hash": spec_hash,
         "vaelab.budget": budget,
         "vaelab.versions": " ".join(f"{k}={v}" for k, v in versions.items()),
