@@ -216,8 +216,10 @@ def _exit_for(result: Any) -> None:
 
 @app.command()
 def validate(files: list[Path] = typer.Argument(..., help="Study or search-space YAML files")) -> None:
-    """Check study / search-space files without running anything."""
+    """Check study / search-space files without running anything; a valid study's trial
+    count per budget, identical trials and first trial keys are shown."""
     from vaelab.studies import validate_file
+    from vaelab.studies.preview import study_preview
 
     bad = 0
     for path in files:
@@ -229,6 +231,9 @@ def validate(files: list[Path] = typer.Argument(..., help="Study or search-space
                 typer.echo(line, err=True)
         else:
             typer.echo(f"OK {path}")
+            with user_errors():
+                for line in study_preview(path):
+                    typer.echo(f"  {line}")
     if bad:
         raise typer.Exit(USER_ERROR)
 
@@ -415,6 +420,30 @@ def _epoch_line(epoch: int, epochs: int, m: dict[str, float], status: str) -> st
     if status != "running":
         parts.append(status)
     return "  ".join(parts)
+
+
+# --------------------------------------------------------------------------- schema
+
+
+class SchemaFormat(str, Enum):
+    json = "json"
+    markdown = "markdown"
+
+
+@app.command()
+def schema(
+    fmt: SchemaFormat = typer.Option(SchemaFormat.json, "--format", help="json: the JSON Schema of a study file (for YAML editors); markdown: the reference of every key and trial parameter"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write to this file instead of stdout"),
+) -> None:
+    """The study-file schema, generated from vaelab's models (docs/study.schema.json, docs/study-schema.md)."""
+    from vaelab.studies import reference
+
+    text = reference.json_schema_text() if fmt is SchemaFormat.json else reference.markdown_reference()
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        typer.echo(f"{fmt.value} schema -> {out}", err=True)
 
 
 # --------------------------------------------------------------------------- report

@@ -319,7 +319,9 @@ class StudySpec(_Strict):
     description: str = ""
     search_space: Any
     overrides: dict[str, Any] = Field(default_factory=dict)
-    budgets: dict[str, dict[str, Any]] = Field(min_length=1)
+    # budget name -> trial-param overrides (+ num_samples, warmup_fraction, seeds); a tiny
+    # study may leave it out: one budget `default` that changes nothing
+    budgets: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"default": {}}, min_length=1)
     default_budget: Optional[str] = None
     seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     search: SearchSpec = Field(default_factory=SearchSpec)
@@ -444,6 +446,10 @@ def _describe(item: Mapping[str, Any], loc: tuple[Any, ...], model: type[BaseMod
     if kind == "string_pattern_mismatch" and loc == ("name",):
         return item.get("input"), "a study name is an MLflow experiment and a folder name: letters, digits, _ . -"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
+        if isinstance(item.get("input"), list) and len(loc) >= 2 and loc[-2] == "axes":
+            values = ", ".join(format_scalar(v) for v in item["input"])
+            return item.get("input"), (f"an axis names its kind: write {{grid: [{values}]}} "
+                                       f"(kinds: {', '.join(AXIS_KINDS)})")
         return item.get("input"), "expected a mapping (key: value lines)"
     bound = _BOUND_WORDS.get(kind)
     if bound and loc:
