@@ -178,9 +178,13 @@ def test_trials_parquet_schema_and_typed_columns(report: ReportResult, study: St
         "rho": pa.float64(),
         "data_dir": pa.string(),
         "lr": pa.float64(),  # the param
-        "metrics.lr": pa.float64(),  # the per-epoch metric of the same name
+        "lr_final": pa.float64(),  # the per-epoch metric of the same name
         "test_ll_iw": pa.float64(),
-        "active_units_layer_2": pa.float64(),
+        "active_units_layer_2": pa.int64(),  # counts are whole numbers
+        "epoch": pa.int64(),
+        "run": pa.string(),
+        "budget": pa.string(),
+        "git_sha": pa.string(),
         "kl_layer_5": pa.float64(),
         "wall_time_s": pa.float64(),
     }
@@ -196,6 +200,8 @@ def test_trials_parquet_schema_and_typed_columns(report: ReportResult, study: St
     assert row["status"] == "diverged" and row["variant"] == "VAE+BN"
     assert pd.isna(row["test_elbo"])  # NaN logged by the diverged trial is stored as null
     assert frame["depth"].dtype == "int64" and frame["batch_norm"].dtype == bool
+    assert set(frame["budget"]) == {"smoke"} and set(frame["git_sha"]) == {"0123abcd"}
+    assert not any(c.startswith("metrics.") for c in frame.columns)
     assert frame.set_index("trial_id").loc["t3", "test_ll_iw"] == pytest.approx(study.finals["t3"]["test_ll_iw"])
     assert frame.set_index("trial_id").loc["t3", "wall_time_s"] == pytest.approx(1.5 * EPOCHS)
 

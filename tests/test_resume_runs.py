@@ -197,3 +197,38 @@ def test_resume_never_retrains_a_trial_mlflow_shows_as_ended(
         now = client.get_run(run.info.run_id)
         assert now.data.tags["vaelab.attempt"] == "1", trial_id  # never reopened
         assert now.info.end_time == run.info.end_time and now.data.tags["vaelab.status"] == "finished"
+
+
+def test_query_parquet_reads_like_trials_parquet(two_runs: str, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "q.parquet"
+    result = cli.invoke(app, ["query", "--study", "twice", "--format", "parquet", "--out", str(out),
+                              "--tracking-uri", two_runs])
+    assert result.exit_code == 0, result.output
+    schema = pq.read_schema(out)
+    expected = {"mlflow_run_id": pa.string(), "run_name": pa.string(), "depth": pa.int64(), "epoch": pa.int64(),
+                "rho": pa.float64(), "batch_norm": pa.bool_(), "test_ll_iw": pa.float64(),
+                "data_dir": pa.string(), "init_from": pa.string()}  # null in every row, still typed
+    for name, dtype in expected.items():
+        assert schema.field(name).type == dtype, name
+    assert "run_id" not in schema.names and schema.metadata is None
+
+
+def test_study_runs_open_on_training_runs_and_record_the_codes_sha(two_runs: str, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Points 13 and 16: the MLflow UI's view, and the git SHA of the code that runs even
+    when the study file (and the shell) are outside the repository."""
+    import subprocess
+
+    experiment = MlflowClient(two_runs).get_experiment_by_name("twice")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    monkeypatch.chdir(tmp_path)
+    repo = Path(write.__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    info = write.start_study_run(two_runs, "outside", "outside-1", spec_hash="h", budget="b",
+                                 study_yaml="name: outside\n", repo_dir=tmp_path)
+    tags = MlflowClient(two_runs).get_run(info.parent_run_id).data.tags
+    assert head and tags["vaelab.git_sha"].split("+")[0] == head
+    assert tags["vaelab.study_git_sha"] == "unknown"  # tmp_path is no git repository

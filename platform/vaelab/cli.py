@@ -36,6 +36,17 @@ app.add_typer(data_app, name="data")
 
 USER_ERROR = 2
 
+
+@app.callback()
+def _quiet_libraries() -> None:
+    """MLflow logs every database migration and connection at INFO: not news to a user.
+    (MLflow sets its level from MLFLOW_LOGGING_LEVEL when imported, here and in trials.)"""
+    import logging
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
 TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db]")
 StorageOpt = typer.Option(None, "--storage", help="Ray Tune storage: a path or s3://... [default: ./ray_results]")
 
@@ -310,7 +321,11 @@ def query(
     if fmt is Format.parquet:
         if out is None:
             fail("--format parquet needs --out FILE")
-        frame.to_parquet(out, index=False)
+        import pyarrow.parquet as pq
+
+        from vaelab.report.parquet import rows_table
+
+        pq.write_table(rows_table(frame.to_dict(orient="records")), out)
         typer.echo(f"{len(frame)} trial runs -> {out}", err=True)
         return
     text = _render(frame, fmt)
@@ -333,8 +348,10 @@ def query_frame(rows: list[dict[str, Any]], wide: bool, where: Optional[str] = N
     records = []
     for r in rows:
         record = {k: r[k] for k in ("study", "run_name", "trial_id", "trial_key", "variant", "status")}
-        record.update(typed_params(r["params"]))
-        record.update(r["metrics"])
+        params = typed_params(r["params"])
+        record.update(params)
+        # trials.parquet's names: a metric named like a param (the per-epoch lr) is <name>_final
+        record.update({f"{k}_final" if k in params else k: v for k, v in r["metrics"].items()})
         record["mlflow_run_id"] = r["run_id"]
         records.append(record)
     frame = pd.DataFrame.from_records(records)

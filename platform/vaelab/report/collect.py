@@ -73,12 +73,20 @@ def collect_study(
     return StudyData(
         record=record,
         spec=spec,
-        trials=parquet.trials_table(study_name, record.trials),
+        trials=parquet.trials_table(study_name, record.trials, run_columns(record)),
         curves=parquet.curves_table(record.trials, histories),
         units=parquet.units_table(record.trials, units_rows),
         artifacts=artifacts,
         warnings=warnings,
     )
+
+
+def run_columns(record: StudyRecord) -> dict[str, str | None]:
+    """trials.parquet's run / budget / git_sha: from the study run's tags."""
+    if record.parent is None:
+        return {}
+    tags = record.parent.tags
+    return {"run": record.parent.run_name, "budget": tags.get("vaelab.budget"), "git_sha": tags.get("vaelab.git_sha")}
 
 
 def report_spec(record: StudyRecord) -> ReportSpec:

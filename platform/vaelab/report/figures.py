@@ -31,6 +31,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -50,7 +51,7 @@ FIGURE_NAMES = (
     "curves",
 )
 _DPI = 100
-_KL_FLOOR = 1e-4  # log colour scale: KL below this shows as the floor colour
+_KL_FLOOR = 1e-4  # log colour scale: KL below this (an inactive unit) shows white
 
 
 class SkipFigure(Exception):
@@ -235,23 +236,26 @@ def unit_kl_heatmaps(data: FigureData) -> Figure:
                 continue
             image = _heatmap(ax, layer_units, norm)
             ax.set_title(f"{label} ({row['trial_id']}) — layer {c + 1}", fontsize=9)
-            ax.set_xlabel("epoch")
+            ax.set_xlabel("evaluation epoch")
             ax.set_ylabel("unit (sorted by final KL)")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if image is not None:
         fig.colorbar(image, ax=axes, label="KL(q‖p) per unit (nats, log scale)", shrink=0.8)
-    fig.suptitle("Per-unit KL over training (deepest model per variant; white = inactive)")
+    fig.suptitle(f"Per-unit KL over training (deepest model per variant; white = KL below {_KL_FLOOR:g} nats)")
     return fig
 
 
 def _heatmap(ax, layer_units: pd.DataFrame, norm: LogNorm):
     grid = layer_units.pivot_table(index="unit", columns="epoch", values="kl", aggfunc="last")
     grid = grid.sort_values(grid.columns[-1], ascending=False)  # the paper sorts units
-    epochs = grid.columns.to_numpy()
-    values = np.clip(grid.to_numpy(dtype=float), _KL_FLOOR, None)
-    extent = (epochs.min() - 0.5, epochs.max() + 0.5, len(grid) - 0.5, -0.5)
-    return ax.imshow(values, aspect="auto", cmap="magma_r", norm=norm, extent=extent, interpolation="nearest")
+    epochs = [int(e) for e in grid.columns]
+    # one column per evaluation epoch (they need not be evenly spaced), ticked with its epoch
+    values = np.nan_to_num(grid.to_numpy(dtype=float), nan=0.0)
+    cmap = colormaps["magma_r"].with_extremes(under="white", bad="white")  # below the floor (or 0): white
+    image = ax.imshow(values, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
+    ticks = np.unique(np.linspace(0, len(epochs) - 1, num=min(len(epochs), 8)).round().astype(int))
+    ax.set_xticks(ticks, [str(epochs[i]) for i in ticks])
+    return image
 
 
 def active_units(data: FigureData) -> Figure:

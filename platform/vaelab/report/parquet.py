@@ -9,15 +9,19 @@
     status         string   finished | diverged | failed | stopped | running
     cohort         string   tag vaelab.cohort (null when absent)
     node           string   tag vaelab.node (null when absent)
+    run            string   the study run's name (`vaelab run` printed it; null without one)
+    budget         string   the study run's budget (null when unknown)
+    git_sha        string   the SHA of the vaelab code the study ran (null when unknown)
     <param>        every TrialConfig field, in declaration order, always present (null
                    when a run did not log it): int -> int64, float -> float64,
                    bool -> bool, str / Literal -> string, dims tuples -> string
                    in the papers' notation ('64-32-16'); params TrialConfig does not know
                    follow, in natural order, as string
-    <metric>       every final metric (the last logged value), float64, natural order
-                   (kl_layer_2 before kl_layer_10); a metric whose name is already a
-                   column (e.g. the per-epoch `lr` beside the `lr` param) is
-                   named `metrics.<name>`
+    <metric>       every final metric (the last logged value), natural order
+                   (kl_layer_2 before kl_layer_10): counts (epoch, active_units,
+                   active_units_layer_<i>) int64, the rest float64; a metric whose name
+                   is already a column (the per-epoch `lr` beside the `lr` param) is
+                   named `<name>_final`
     wall_time_s    float64  the last logged wall_time_s metric, else MLflow's run
                    duration, else null
 
@@ -42,6 +46,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -52,7 +57,10 @@ from vaelab.config import TrialConfig
 from vaelab.report.order import natural_key
 from vaelab.tracking.read import TrialRun, param_kind
 
-FIXED_COLUMNS = ("study", "trial_id", "mlflow_run_id", "variant", "status", "cohort", "node")
+FIXED_COLUMNS = ("study", "trial_id", "mlflow_run_id", "variant", "status", "cohort", "node", "run", "budget",
+                 "git_sha")
+NULLABLE_FIXED = frozenset({"cohort", "node", "run", "budget", "git_sha"})
+COUNT_METRICS = re.compile(r"^(epoch|active_units|active_units_layer_\d+)$")  # whole numbers: int64
 _KIND_TYPES = {
     "int": pa.int64(),
     "float": pa.float64(),
@@ -97,19 +105,24 @@ def param_columns(trials: Iterable[TrialRun]) -> list[str]:
 def metric_columns(trials: Iterable[TrialRun], taken: set[str]) -> dict[str, str]:
     """final metric name -> column name, in natural order (wall_time_s has its own column)."""
     names = sorted({m for t in trials for m in t.metrics if m != "wall_time_s"}, key=natural_key)
-    return {m: (f"metrics.{m}" if m in taken else m) for m in names}
+    return {m: (f"{m}_final" if m in taken else m) for m in names}
+
+
+def metric_type(name: str) -> pa.DataType:
+    return pa.int64() if COUNT_METRICS.match(name) else pa.float64()
 
 
 def trials_schema(params: list[str], metrics: Mapping[str, str]) -> pa.Schema:
-    fields = [pa.field(name, pa.string(), nullable=name in ("cohort", "node")) for name in FIXED_COLUMNS]
+    fields = [pa.field(name, pa.string(), nullable=name in NULLABLE_FIXED) for name in FIXED_COLUMNS]
     fields += [pa.field(name, _KIND_TYPES[param_kind(name)]) for name in params]
-    fields += [pa.field(column, pa.float64()) for column in metrics.values()]
+    fields += [pa.field(column, metric_type(metric)) for metric, column in metrics.items()]
     fields.append(pa.field("wall_time_s", pa.float64()))
     return pa.schema(fields)
 
 
-def trials_table(study: str, trials: Iterable[TrialRun]) -> pa.Table:
-    """The trials.parquet table (see the module docstring for its schema)."""
+def trials_table(study: str, trials: Iterable[TrialRun], run: Mapping[str, str | None] | None = None) -> pa.Table:
+    """The trials.parquet table (see the module docstring for its schema); `run`: the
+    study run's `run`, `budget` and `git_sha` (absent: null)."""
     trials = sorted(trials, key=trial_sort_key)
     params = param_columns(trials)
     metrics = metric_columns(trials, set(FIXED_COLUMNS) | set(params))
@@ -122,11 +135,13 @@ def trials_table(study: str, trials: Iterable[TrialRun]) -> pa.Table:
         "status": [t.status for t in trials],
         "cohort": [t.tags.get("vaelab.cohort") for t in trials],
         "node": [t.tags.get("vaelab.node") for t in trials],
+        **{key: [(run or {}).get(key)] * len(trials) for key in ("run", "budget", "git_sha")},
     }
     for name in params:
         columns[name] = [t.params.get(name) for t in trials]
     for metric, column in metrics.items():
-        columns[column] = [_nan_to_null(t.metrics.get(metric)) for t in trials]
+        values = [_nan_to_null(t.metrics.get(metric)) for t in trials]
+        columns[column] = [None if v is None else round(v) for v in values] if COUNT_METRICS.match(metric) else values
     columns["wall_time_s"] = [_wall_time(t) for t in trials]
     return pa.Table.from_pydict(columns, schema=schema)
 
@@ -140,6 +155,32 @@ def _nan_to_null(value: float | None) -> float | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return float(value)
+
+
+def rows_table(records: list[dict[str, Any]]) -> pa.Table:
+    """Query rows (one dict per trial run: ids, typed params, final metrics) as Arrow with
+    trials.parquet's column names and types, so `vaelab query --format parquet` and a
+    report's trials.parquet read alike; a column null in every row keeps its type."""
+    names = list(dict.fromkeys(k for r in records for k in r))
+    arrays, fields = [], []
+    for name in names:
+        dtype = _column_type(name)
+        values = [_nan_to_null(v) if isinstance(v, float) else v for v in (r.get(name) for r in records)]
+        if dtype == pa.int64():
+            values = [None if v is None else round(v) for v in values]
+        elif dtype == pa.string():
+            values = [None if v is None else str(v) for v in values]
+        arrays.append(pa.array(values, type=dtype))
+        fields.append(pa.field(name, dtype))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _column_type(name: str) -> pa.DataType:
+    if name in TrialConfig.model_fields:
+        return _KIND_TYPES[param_kind(name)]
+    if name in FIXED_COLUMNS or name in ("trial_key", "run_name"):
+        return pa.string()
+    return metric_type(name.removesuffix("_final"))
 
 
 # --------------------------------------------------------------------------- curves

@@ -27,6 +27,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from vaelab.config import TrialConfig
 from vaelab.report import order
 from vaelab.report.paper import format_paper, paper_value, total_metric
 from vaelab.report.spec import TableSpec
@@ -62,10 +63,12 @@ class Cell:
         return float(np.std(self.values, ddof=1)) if len(self.values) >= 2 else None
 
     def ours(self) -> str:
-        """'-85.10 ± 0.30' (or '-85.10', or '—' without values)."""
+        """'-85.10 ± 0.30' (or '-85.10', or '—' without values); counts read '32', not '32.00'."""
         if self.mean is None:
             return "—"
         if self.std is None:
+            return _number(self.mean)
+        if self.std == 0 and float(self.mean).is_integer():
             return _number(self.mean)
         return f"{_number(self.mean)} ± {_number(self.std)}"
 
@@ -88,10 +91,15 @@ class TableResult:
     cells: dict[tuple[Any, Any], Cell]
     best: set[tuple[Any, Any]] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
+    eval_iw: tuple[int, ...] = ()  # the K of test_ll_iw = L_K in the table's trials
 
     @property
     def title(self) -> str:
-        return self.spec.title or self.spec.name
+        """The spec's title; an `L_5000` in it reads `L_20` when the trials used K = 20."""
+        title = self.spec.title or self.spec.name
+        if len(self.eval_iw) == 1:
+            title = re.sub(r"\bL_\d+\b", f"L_{self.eval_iw[0]}", title)
+        return title
 
     def caption(self) -> str:
         """What the table shows, in one line."""
@@ -120,6 +128,8 @@ class TableResult:
 
 
 def _number(value: float) -> str:
+    if float(value).is_integer():  # counts (active units), whole-number means
+        return str(int(value))
     return f"{value:.1f}" if abs(value) >= 1000 else f"{value:.2f}"
 
 
@@ -141,7 +151,9 @@ def build_table(spec: TableSpec, trials: pd.DataFrame) -> TableResult:
     else:
         long = _plain_long(spec, subset)
     result = _pivot(spec, long)
-    result.notes = _notes(spec, subset, long) + _paper_notes(spec, result)
+    if "eval_iw" in subset.columns:
+        result.eval_iw = tuple(sorted({int(k) for k in subset["eval_iw"].dropna()}))
+    result.notes = _notes(spec, subset, long) + _paper_notes(spec, result) + _budget_notes(spec, result, subset)
     return result
 
 
@@ -377,6 +389,24 @@ def _paper_notes(spec: TableSpec, result: TableResult) -> list[str]:
         f"paper_results.csv has no {ref.source} {ref.table} {ref.dataset} {ref.metric} number for any "
         "cell: check the variant labels (paper.variant_map maps ours to the paper's) and latent_dims"
     ]
+
+
+def _budget_notes(spec: TableSpec, result: TableResult, subset: pd.DataFrame) -> list[str]:
+    """Say what a paper number beside ours means when the trials trained less than the
+    papers did (their settings are TrialConfig's defaults), and which K test_ll_iw used."""
+    notes = []
+    if spec.value == "test_ll_iw" and result.eval_iw:
+        notes.append(f"test_ll_iw = L_K with K = {', '.join(map(str, result.eval_iw))} (eval_iw)")
+    if spec.paper is None or not any(c.paper is not None for c in result.cells.values()) or "epochs" not in subset:
+        return notes
+    epochs = sorted({int(e) for e in subset["epochs"].dropna()})
+    paper_epochs = int(TrialConfig.model_fields["epochs"].default)
+    if epochs and max(epochs) < paper_epochs:
+        notes.append(
+            f"paper numbers are after the papers' {paper_epochs} epochs (K = 5000); these trials trained "
+            f"{'/'.join(map(str, epochs))} epochs, so they are context, not a target: compare with the "
+            "`paper` budget's report")
+    return notes
 
 
 def describe_trial(row: pd.Series, spec: TableSpec) -> str:

@@ -63,6 +63,7 @@ TAG_NODE = "vaelab.node"
 TAG_COHORT = "vaelab.cohort"
 TAG_RUN_NAME = "vaelab.run_name"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # the UI's view: training runs, not GenAI traces
 TAG_ATTEMPT = "vaelab.attempt"  # 1 on the first start, +1 each time a retry/restore reopens the run
 
 # MLflow error codes that no retry can fix (the request itself is wrong).
@@ -521,6 +522,9 @@ def start_study_run(
     uri = resolve_tracking_uri(tracking_uri)
     client = client_for(uri)
     experiment_id = get_or_create_experiment(client, study, uri)
+    # MLflow 3's UI opens an experiment without this tag in its GenAI (traces) view
+    with_retry(lambda: client.set_experiment_tag(experiment_id, TAG_EXPERIMENT_KIND, "custom_model_development"),
+               "tag experiment")
     versions = library_versions()
     all_tags = {
         TAG_ROLE: ROLE_STUDY,
