@@ -77,6 +77,10 @@ class TrialConfig(BaseModel):
     eval_iw: int = Field(5000, ge=1)
     eval_every: int = Field(10, ge=1)
     eval_batch_size: int = Field(1000, ge=1)
+    # draws of z per test image for the test ELBO and per-unit KL when a layer's KL is a
+    # Monte Carlo estimate (the bottom-up VAE below the top, or kl_estimator=mc); closed-form
+    # layers need one. 32 keeps a unit's noise sd near 0.003 nats against the 0.01 threshold
+    kl_eval_samples: int = Field(32, ge=1)
     train_eval_size: int = Field(10000, ge=0)  # training examples re-evaluated for train_elbo
     # run
     seed: int = Field(0, ge=0)

@@ -332,7 +332,7 @@ class Trainer:
         cfg = self.config
         self._prepare_eval(epoch)
         test = evaluate_elbo(self.model, self.data.test_x, self._eval_generators(epoch, 2),
-                             cfg.eval_batch_size, cfg.kl_estimator)
+                             cfg.eval_batch_size, cfg.kl_estimator, self._kl_eval_samples())
         metrics = [self._elbo_metrics(test, s) for s in range(self.members)]
         if self.precision == "bf16":
             for m, gap in zip(metrics, self._check_bf16(epoch, test)):
@@ -364,6 +364,12 @@ class Trainer:
             metrics[s]["peak_mem_mb"] = self._peak_memory_mb()
         return metrics
 
+    def _kl_eval_samples(self) -> int:
+        """Draws per test image: several where some layer's KL is Monte Carlo, else one."""
+        cfg = self.config
+        monte_carlo = cfg.kl_estimator == "mc" or (cfg.inference == "vae" and cfg.depth > 1)
+        return cfg.kl_eval_samples if monte_carlo else 1
+
     def _check_bf16(self, epoch: int, fp32: ElboStats) -> list[float]:
         """|ELBO under bf16 autocast - ELBO in fp32| per member (nats per example), on the
         same test images with the same noise. Mixed precision is kept only while every
@@ -371,7 +377,7 @@ class Trainer:
         cfg = self.config
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
             low = evaluate_elbo(self.model, self.data.test_x, self._eval_generators(epoch, 2),
-                                cfg.eval_batch_size, cfg.kl_estimator)
+                                cfg.eval_batch_size, cfg.kl_estimator, self._kl_eval_samples())
         gaps = (low.elbo - fp32.elbo).abs().tolist()
         if self.bf16 and max(gaps) > cfg.precision_tolerance:
             warnings.warn(f"epoch {epoch}: the bf16 ELBO differs from fp32 by {max(gaps):.3g} nats "
