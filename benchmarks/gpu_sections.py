@@ -276,9 +276,11 @@ def iw_section(plan: Plan, deadline: float, save: Callable[[dict], None]) -> dic
 # ----------------------------------------------------------------------------- section 4
 
 def paper_config(plan: Plan, inference: str) -> TrialConfig:
+    """vaelab's defaults with the ICML budget; on a CPU (smoke) uncompiled, since `auto`
+    compiles a long CPU trial and a smoke run must take seconds."""
     return TrialConfig(**(PAPER_CONFIG | plan.sizes.paper),
                        dataset=plan.dataset, data_dir=plan.data_dir, inference=inference,
-                       device="auto", compile="auto")
+                       device="auto", compile="auto" if cuda() else "off")
 
 
 def resumed_config(saved: dict[str, Any], cfg: TrialConfig, path: Path) -> tuple[TrialConfig, str]:
@@ -469,13 +471,17 @@ def paper_section(plan: Plan, deadline: float, save: Callable[[dict], None]) -> 
     if plan.smoke:
         data = first_test_images(data, plan.sizes.eval_batch)
     result: dict[str, Any] = {}
+
+    def checkpoint(run: PaperRun) -> None:
+        result[run.name] = save_paper_run(plan, run)
+        save(result)
+
     names = list(PAPER_VARIANTS)
     for i, name in enumerate(names):
         fresh_compiler_state()
         own_deadline = time.time() + (deadline - time.time()) / (len(names) - i)
-        run = train_paper_run(plan, name, data, own_deadline)
-        result[name] = save_paper_run(plan, run)
-        save(result)
+        run = train_paper_run(plan, name, data, own_deadline, checkpoint)
+        checkpoint(run)
         reached = evaluate_reached(plan, run, max(1.0, own_deadline - time.time()))
         result[name] |= reached | projection(run, reached)
         save(result)
@@ -494,8 +500,10 @@ def first_epoch_guess_s(plan: Plan) -> float:
     return 1.5 * max(warmups) if warmups else plan.sizes.first_epoch_guess_s
 
 
-def train_paper_run(plan: Plan, name: str, data: Dataset, deadline: float) -> PaperRun:
-    """As many epochs as fit before `deadline`, keeping a quarter for saving and L_K."""
+def train_paper_run(plan: Plan, name: str, data: Dataset, deadline: float,
+                    checkpoint: Callable[[PaperRun], None]) -> PaperRun:
+    """As many epochs as fit before `deadline`, keeping a quarter for saving and L_K; a
+    checkpoint after every evaluated epoch, so a kill loses at most eval_every epochs."""
     run = open_paper_run(plan, name, data)
     final_s = max(5.0, 0.25 * (deadline - time.time()))
     limit, first_guess = plan.sizes.paper_max_epochs, first_epoch_guess_s(plan)
@@ -503,6 +511,8 @@ def train_paper_run(plan: Plan, name: str, data: Dataset, deadline: float) -> Pa
         if time.time() + run.next_epoch_s(first_guess) + final_s > deadline:
             break
         run.one_epoch()
+        if run.history and run.history[-1]["epoch"] == run.trainer.epoch:
+            checkpoint(run)
     return run
 
 
