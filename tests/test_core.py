@@ -257,8 +257,7 @@ def test_smoothing_lowers_variance_of_generator_mean_across_parents():
 
 def test_active_units_count_on_constructed_case():
     unit_kl = [torch.tensor([[0.5, 0.0, 0.02, 0.009]]), torch.tensor([[0.011, 0.0]])]
-    stats = ElboStats(torch.zeros(1), [torch.zeros(1)] * 2, [torch.zeros(1)] * 2, unit_kl,
-                      [torch.zeros_like(u) for u in unit_kl])
+    stats = ElboStats(torch.zeros(1), [torch.zeros(1)] * 2, [torch.zeros(1)] * 2, unit_kl)
     assert [a.item() for a in stats.active_units()] == [2, 1]
 
 
@@ -275,7 +274,6 @@ def test_per_unit_kls_sum_to_the_layer_kl(inference, estimator):
     for i, (units, layer) in enumerate(zip(stats.unit_kl, stats.kl_layers), start=1):
         torch.testing.assert_close(units.sum(-1), layer, rtol=1e-5, atol=1e-5,
                                    msg=f"layer {i}: per-unit sum != layer KL")
-        assert (stats.unit_kl_se[i - 1] >= 0).all()
 
 
 def test_ladder_has_separate_topdown_and_lvae_merges_with_generative_prior():

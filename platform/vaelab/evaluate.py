@@ -29,10 +29,6 @@ class ElboStats:
     kl_std_normal_layers: list[Tensor]
     # per layer (S, z_i): mean per-unit KL by the layer's own estimator (sums to kl_layers)
     unit_kl: list[Tensor]
-    # per layer (S, z_i): standard error of that mean over the evaluated rows (data and,
-    # for Monte Carlo layers, sampling noise): how far noise can move a unit across
-    # ACTIVE_UNIT_THRESHOLD
-    unit_kl_se: list[Tensor]
 
     def active_units(self) -> list[Tensor]:
         """Active units per layer, each (S,)."""
@@ -56,10 +52,10 @@ def evaluate_elbo(model: HierarchicalVAE, x: Tensor, generators: Sequence[torch.
     kl = [torch.zeros(members, device=x.device) for _ in range(depth)]
     kl_std = [torch.zeros(members, device=x.device) for _ in range(depth)]
     units = [torch.zeros(members, d, device=x.device, dtype=torch.float64) for d in model.z_dims]
-    units_sq = [torch.zeros_like(u) for u in units]
     tape = NoiseTape.live(generators)
-    for start in range(0, x.shape[0], batch_size):
-        terms = model(_expand(x[start:start + batch_size], members), tape, n_samples=n_samples)
+    images = max(1, batch_size // n_samples)  # rows per pass stay batch_size: memory as for one draw
+    for start in range(0, x.shape[0], images):
+        terms = model(_expand(x[start:start + images], members), tape, n_samples=n_samples)
         unit_kls = [unit_kl(layer, estimator).double() for layer in terms.layers]  # (S, B, z_i)
         layer_kls = [u.sum(-1) for u in unit_kls]  # each (S, B): the layer KL is their sum
         elbo += (terms.log_px - sum(layer_kls)).sum(-1).float()
@@ -67,24 +63,18 @@ def evaluate_elbo(model: HierarchicalVAE, x: Tensor, generators: Sequence[torch.
             kl[i] += layer_kls[i].sum(-1).float()
             kl_std[i] += kl_std_normal(layer.q_mu, layer.q_logvar).sum(dim=(1, 2))
             units[i] += unit_kls[i].sum(dim=1)
-            units_sq[i] += unit_kls[i].square().sum(dim=1)
     n = x.shape[0] * n_samples  # rows evaluated
-    means = [u / n for u in units]
-    # SE of a mean over n rows: sqrt(Var / n), Var = E[u²] − E[u]² (float64: no cancellation)
-    ses = [((sq / n - m.square()).clamp_min(0.0) / max(n - 1, 1)).sqrt()
-           for sq, m in zip(units_sq, means)]
     return ElboStats(elbo / n, [v / n for v in kl], [v / n for v in kl_std],
-                     [m.float() for m in means], [s.float() for s in ses])
+                     [(u / n).float() for u in units])
 
 
 @torch.no_grad()
 def evaluate_iw(model: HierarchicalVAE, x: Tensor, k: int, generators: Sequence[torch.Generator],
-                batch_size: int, max_rows: int = 1 << 17, bf16: bool = False,
-                progress: Optional[Callable[[int, int], None]] = None) -> Tensor:
+                batch_size: int, max_rows: int = 1 << 17, bf16: bool = False) -> Tensor:
     """Mean L_K over x (M, D) -> (S,).
 
     bf16: the passes' matmuls under bfloat16 autocast; log-weights, logsumexp and the sum
-    stay fp32/fp64 (MemberLinear hands back fp32). progress(done, total): examples done.
+    stay fp32/fp64 (MemberLinear hands back fp32).
 
     The K samples of a batch of b examples are tiled along the row axis in chunks of
     k_chunk samples (S * k_chunk * b <= max_rows rows per pass, so memory stays bounded
@@ -108,8 +98,6 @@ def evaluate_iw(model: HierarchicalVAE, x: Tensor, k: int, generators: Sequence[
             chunk_lse.append(torch.logsumexp(log_w, dim=1))  # (S, b)
         bound = torch.logsumexp(torch.stack(chunk_lse), dim=0) - math.log(k)
         total += bound.double().sum(-1)
-        if progress is not None:
-            progress(start + b, x.shape[0])
     return (total / x.shape[0]).float()
 
 
