@@ -36,7 +36,8 @@ from eager_baseline import EagerHVAE, train_steps  # noqa: E402
 from vaelab.config import TrialConfig  # noqa: E402
 from vaelab.data import dataset_for  # noqa: E402
 from vaelab.evaluate import evaluate_iw, iw_bound_loop  # noqa: E402
-from vaelab.train import Trainer, available_cpus, resolve_device, use_cpu_threads  # noqa: E402
+from vaelab.hardware import available_cpus, resolve_device, use_cpu_threads  # noqa: E402
+from vaelab.train import Trainer  # noqa: E402
 
 MODELS = {
     "LVAE+BN depth 5": dict(inference="lvae", batch_norm=True, depth=5),
@@ -88,8 +89,8 @@ def step_ceiling(args, model: dict, members: int) -> Ceiling:
     """The matmul-only limit of this cohort's step on this machine (benchmarks/ceiling.py)."""
     trainer = vaelab_trainer(args, model, members, compile_mode="off")
     perms = torch.stack([torch.randperm(trainer.data.train_x.shape[0]) for _ in range(members)])
-    batch = trainer._batch(perms, 0)
-    return measure_ceiling(lambda: trainer._step(batch, torch.ones(members)))
+    batch = trainer.stepper.batch(perms, 0)
+    return measure_ceiling(lambda: trainer.stepper(batch, torch.ones(members)))
 
 
 def eager_steps_per_s(args, model: dict, train_x: torch.Tensor) -> float:
@@ -104,9 +105,9 @@ def iw_speed(args) -> dict[str, float]:
     """Samples/s of batched L_K and of a Python loop over K on the same trained-for-0 model."""
     cfg = base_config(args, inference="lvae", batch_norm=True, depth=5)
     trainer = Trainer([cfg])
-    trainer._prepare_eval(0)
+    trainer.evaluator.prepare(0)
     x = trainer.data.test_x[: args.iw_images]
-    gens = trainer._eval_generators(0)
+    gens = trainer.evaluator.generators(0)
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
     start = time.perf_counter()
     batched = evaluate_iw(trainer.model, x, args.iw_k, gens, batch_size=min(len(x), 1000),

@@ -31,7 +31,8 @@ from eager_baseline import EagerHVAE, train_steps  # noqa: E402
 from vaelab.config import TrialConfig  # noqa: E402
 from vaelab.data import Dataset, dataset_for, load_dataset  # noqa: E402
 from vaelab.evaluate import evaluate_elbo, evaluate_iw  # noqa: E402
-from vaelab.train import EpochReport, Trainer, resolve_device  # noqa: E402
+from vaelab.hardware import resolve_device  # noqa: E402
+from vaelab.train import EpochReport, Trainer  # noqa: E402
 
 SPEED_MODELS = {  # section 2: the deepest and the shallowest model of the ICML grid
     "LVAE+BN d5": dict(inference="lvae", batch_norm=True, depth=5),
@@ -251,9 +252,9 @@ def iw_section(plan: Plan, deadline: float, save: Callable[[dict], None]) -> dic
                       train_subset=256 if plan.smoke else 0, compile="off")
     data = dataset_for(cfg, device)
     trainer = Trainer([cfg], data)
-    trainer._prepare_eval(0)  # BN population statistics, eval mode (as before the final L_K)
+    trainer.evaluator.prepare(0)  # BN population statistics, eval mode (as before the final L_K)
     x = data.test_x[: sizes.iw_images] if sizes.iw_images else data.test_x
-    evaluate_iw(trainer.model, x[:100], 10, trainer._eval_generators(0, 4), 100)  # warm-up
+    evaluate_iw(trainer.model, x[:100], 10, trainer.evaluator.generators(0, 4), 100)  # warm-up
     result = {"images": int(x.shape[0]), "k": sizes.iw_k, "runs": []}
     for rows in (ROWS_PER_IW_PASS, 2 * ROWS_PER_IW_PASS):
         if result["runs"] and time.time() + 2 * result["runs"][-1]["seconds"] > deadline:
@@ -262,7 +263,7 @@ def iw_section(plan: Plan, deadline: float, save: Callable[[dict], None]) -> dic
             torch.cuda.reset_peak_memory_stats()
         sync()
         start = time.perf_counter()
-        value = evaluate_iw(trainer.model, x, sizes.iw_k, trainer._eval_generators(0, 4),
+        value = evaluate_iw(trainer.model, x, sizes.iw_k, trainer.evaluator.generators(0, 4),
                             sizes.eval_batch, max_rows=rows)
         sync()
         seconds = time.perf_counter() - start
@@ -332,7 +333,7 @@ def verify_checkpoint(path: Path, trainer: Trainer) -> dict[str, Any]:
     if saved["epoch"] != trainer.epoch or saved["step"] != trainer.step:
         raise RuntimeError(f"checkpoint {path.name}: epoch/step differ after the round trip")
     worst = 0.0
-    for pid, param_state in trainer.optimizer.state_dict()["state"].items():
+    for pid, param_state in trainer.stepper.optimizer.state_dict()["state"].items():
         for key in ("exp_avg", "exp_avg_sq"):
             ref = param_state[key].cpu()
             err = (saved["optimizer"]["state"][pid][key].float() - ref).abs().max()
@@ -432,12 +433,12 @@ def evaluate_reached(plan: Plan, run: PaperRun, seconds: float) -> dict[str, Any
     cfg, x, epoch = trainer.config, trainer.data.test_x, trainer.epoch
     k = iw_k_that_fits(plan, x.shape[0], seconds)
     start = time.perf_counter()
-    trainer._prepare_eval(epoch)  # BN population statistics, eval mode: as the Trainer does
-    elbo = evaluate_elbo(trainer.model, x, trainer._eval_generators(epoch, 2),
+    trainer.evaluator.prepare(epoch)  # BN population statistics, eval mode: as the Trainer does
+    elbo = evaluate_elbo(trainer.model, x, trainer.evaluator.generators(epoch, 2),
                          cfg.eval_batch_size, cfg.kl_estimator)
     sync()
     elbo_s, start = time.perf_counter() - start, time.perf_counter()
-    ll = evaluate_iw(trainer.model, x, k, trainer._eval_generators(epoch, 4),
+    ll = evaluate_iw(trainer.model, x, k, trainer.evaluator.generators(epoch, 4),
                      cfg.eval_batch_size, max_rows=ROWS_PER_IW_PASS if cuda() else 1 << 16)
     sync()
     return {"test_elbo": float(elbo.elbo[0]), "l_k": float(ll[0]), "k": k,

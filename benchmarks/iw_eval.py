@@ -25,7 +25,8 @@ from ceiling import matmul_seconds, record_matmuls, step_flops  # noqa: E402
 
 from vaelab.config import TrialConfig  # noqa: E402
 from vaelab.evaluate import evaluate_iw, iw_bound_loop  # noqa: E402
-from vaelab.train import Trainer, available_cpus, use_cpu_threads  # noqa: E402
+from vaelab.hardware import available_cpus, use_cpu_threads  # noqa: E402
+from vaelab.train import Trainer  # noqa: E402
 
 
 def ceiling_seconds(model, x: torch.Tensor, k: int, rows: int, dtype: torch.dtype) -> float:
@@ -52,7 +53,7 @@ def main() -> None:
     saved = torch.load(args.model, map_location="cpu", weights_only=True)
     values = saved["config"] | {"data_dir": args.data_dir, "init_from": args.model, "train_subset": 0}
     trainer = Trainer([TrialConfig(**values)])
-    trainer._prepare_eval(0)  # BN population statistics, eval mode
+    trainer.evaluator.prepare(0)  # BN population statistics, eval mode
     model, x = trainer.model, trainer.data.test_x[: args.images]
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
     out: dict = {"device": str(trainer.device), "threads": torch.get_num_threads(),

@@ -1,7 +1,7 @@
 """Packed trials on one CPU node: aggregate training throughput of P processes × T threads.
 
 What a Ray node running several trials meets. vaelab gives each trial exactly its CPU
-allotment (`train.use_cpu_threads`): 2 trials × 1 CPU on 2 cores. Without that, each torch
+allotment (`hardware.use_cpu_threads`): 2 trials × 1 CPU on 2 cores. Without that, each torch
 process starts one thread per core and 2 trials × 2 threads oversubscribe the node.
 
     python benchmarks/packing.py --data-dir ../shared/data/mnist [--seconds 20]
@@ -25,7 +25,8 @@ LAYOUTS = [(1, 2), (2, 1), (2, 2)]  # (processes, threads each) on this 2-core m
 WORKER = r"""
 import json, sys, time, torch
 from vaelab.config import TrialConfig
-from vaelab.train import Trainer, use_cpu_threads
+from vaelab.hardware import use_cpu_threads
+from vaelab.train import Trainer
 threads, seconds, data_dir, precision = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4]
 use_cpu_threads(threads)
 cfg = TrialConfig(dataset="mnist", data_dir=data_dir, train_subset=256 * 40, epochs=1,
@@ -35,12 +36,12 @@ trainer = Trainer([cfg])
 perms = torch.randperm(trainer.data.train_x.shape[0]).unsqueeze(0)
 beta = torch.ones(1)
 for k in range(3):
-    trainer._step(trainer._batch(perms, k), beta)
+    trainer.stepper(trainer.stepper.batch(perms, k), beta)
 print("READY", flush=True)
 sys.stdin.readline()  # all workers start timing together
 steps, start = 0, time.perf_counter()
 while time.perf_counter() - start < seconds:
-    trainer._step(trainer._batch(perms, steps % 40), beta)
+    trainer.stepper(trainer.stepper.batch(perms, steps % 40), beta)
     steps += 1
 print(json.dumps({"steps": steps, "seconds": time.perf_counter() - start}), flush=True)
 """

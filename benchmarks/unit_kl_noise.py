@@ -31,7 +31,7 @@ def main() -> None:
     saved = torch.load(args.model, map_location="cpu", weights_only=True)
     cfg = TrialConfig(**(saved["config"] | {"data_dir": args.data_dir, "init_from": args.model}))
     trainer = Trainer([cfg])
-    trainer._prepare_eval(0)  # BN population statistics, eval mode
+    trainer.evaluator.prepare(0)  # BN population statistics, eval mode
     for draws in (int(d) for d in args.draws.split(",")):
         runs = torch.stack([
             torch.cat([u[0] for u in evaluate_elbo(

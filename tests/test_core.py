@@ -14,7 +14,8 @@ from vaelab.model import HierarchicalVAE, InitScheme, NoiseTape, gaussian_merge
 from vaelab.objectives import (beta_at, gaussian_log_prob, kl_anneal_beta, kl_gaussians,
                                layer_kl, log_weights, training_objective, warmup_beta)
 from vaelab.smoothing import OUSmoother, correlated_inputs, ou_operator
-from vaelab.train import Trainer, has_fast_bf16, resolve_precision
+from vaelab.hardware import has_fast_bf16, resolve_precision
+from vaelab.train import Trainer
 
 
 def tiny_dataset(n_train: int = 192, n_test: int = 64, dim: int = 16, seed: int = 0) -> Dataset:
@@ -295,8 +296,8 @@ def test_ladder_has_separate_topdown_and_lvae_merges_with_generative_prior():
 def test_binarization_is_fresh_per_epoch_and_test_set_fixed():
     trainer = Trainer([tiny_config()], tiny_dataset())
     perms = torch.arange(trainer.data.train_x.shape[0]).unsqueeze(0)
-    first = trainer._batch(perms, 0)
-    second = trainer._batch(perms, 0)
+    first = trainer.stepper.batch(perms, 0)
+    second = trainer.stepper.batch(perms, 0)
     x_a = (first[1] < first[0]).float()
     x_b = (second[1] < second[0]).float()
     assert not torch.equal(x_a, x_b)  # same examples, a fresh Bernoulli sample
@@ -386,12 +387,12 @@ def test_gpu_training_step_never_synchronises_with_the_host():
                                    grad_clip=4.0)], tiny_dataset())
     perms = torch.arange(192, device="cuda").unsqueeze(0)
     betas = torch.linspace(0, 1, 4, device="cuda").unsqueeze(1)  # (steps, S)
-    trainer._step(trainer._batch(perms, 0), betas[0])  # the optimiser creates its state
+    trainer.stepper(trainer.stepper.batch(perms, 0), betas[0])  # the optimiser creates its state
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
     try:
         for k in range(1, 4):
-            trainer._step(trainer._batch(perms, k), betas[k])
+            trainer.stepper(trainer.stepper.batch(perms, k), betas[k])
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
@@ -401,9 +402,9 @@ def test_compiled_loss_matches_eager():
     """torch.compile of the step's loss (the GPU default) computes the same objective."""
     eager = Trainer([tiny_config(batch_norm=True, inference="lvae", compile="off")], tiny_dataset())
     compiled = Trainer([tiny_config(batch_norm=True, inference="lvae", compile="compile")], tiny_dataset())
-    batch = eager._batch(torch.arange(192).unsqueeze(0), 0)
-    torch.testing.assert_close(compiled.loss_fn(*batch, torch.ones(1)).loss,
-                               eager.loss_fn(*batch, torch.ones(1)).loss, rtol=1e-5, atol=1e-5)
+    batch = eager.stepper.batch(torch.arange(192).unsqueeze(0), 0)
+    torch.testing.assert_close(compiled.stepper.loss_fn(*batch, torch.ones(1)).loss,
+                               eager.stepper.loss_fn(*batch, torch.ones(1)).loss, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- precision
@@ -413,9 +414,9 @@ def test_bf16_step_runs_matmuls_in_bf16_and_keeps_the_loss_near_fp32():
     cfg = tiny_config(batch_norm=True, inference="lvae", compile="off")
     fp32 = Trainer([cfg], tiny_dataset())
     bf16 = Trainer([cfg.model_copy(update={"precision": "bf16"})], tiny_dataset())
-    batch = fp32._batch(torch.arange(192).unsqueeze(0), 0)
-    exact = fp32.loss_fn(*batch, torch.ones(1)).loss
-    low = bf16.loss_fn(*batch, torch.ones(1)).loss
+    batch = fp32.stepper.batch(torch.arange(192).unsqueeze(0), 0)
+    exact = fp32.stepper.loss_fn(*batch, torch.ones(1)).loss
+    low = bf16.stepper.loss_fn(*batch, torch.ones(1)).loss
     assert low.dtype == torch.float32  # the objective itself is fp32
     assert not torch.equal(low, exact)  # bf16 really ran
     torch.testing.assert_close(low, exact, rtol=2e-2, atol=0.2)
@@ -488,8 +489,8 @@ def test_precision_auto_resolves_by_hardware():
 def test_elementwise_gradient_clip_bounds_every_gradient():
     cfg = tiny_config(grad_clip_value=1e-3, lr=1e-3, epochs=1)
     trainer = Trainer([cfg], tiny_dataset())
-    batch = trainer._batch(torch.arange(trainer.data.train_x.shape[0]).unsqueeze(0), 0)
-    trainer._step(batch, torch.ones(1))
+    batch = trainer.stepper.batch(torch.arange(trainer.data.train_x.shape[0]).unsqueeze(0), 0)
+    trainer.stepper(batch, torch.ones(1))
     grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
     assert max(g.abs().max().item() for g in grads) <= 1e-3 * (1 + 1e-6)  # fp32 rounding of 1e-3
 
@@ -502,7 +503,7 @@ def test_gradient_norm_clip_is_per_member(members):
     for p in trainer.model.parameters():
         p.grad = torch.randn(p.shape, generator=g) * 10
     before = [p.grad.clone() for p in trainer.model.parameters()]
-    trainer._clip_gradients(1.0)
+    trainer.stepper.clip_gradients(1.0)
     for s in range(members):
         norm = torch.sqrt(sum(p.grad[s].square().sum() for p in trainer.model.parameters()))
         old = torch.sqrt(sum(b[s].square().sum() for b in before))

@@ -88,9 +88,9 @@ class TrialConfig(BaseModel):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: Literal["auto", "off", "compile", "cudagraphs"] = "auto"
     # bf16: the training step's matmuls run in bfloat16 (autocast), everything else and
-    # every reported metric in fp32; checked against fp32 at each evaluation (train.py)
+    # every reported metric in fp32; checked against fp32 at each evaluation (evaluator.py)
     # auto: bf16 where the matrix units are fast at it (CPU AMX / AVX512-BF16, CUDA sm80+),
-    # else fp32 (train.resolve_precision)
+    # else fp32 (hardware.resolve_precision)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     precision_tolerance: float = Field(0.1, gt=0.0)  # nats per example, |ELBO_bf16 - ELBO_fp32|
     checkpoint_every: int = Field(10, ge=1)

@@ -137,7 +137,8 @@ def train_one(
     checkpoint is kept there every `checkpoint_every` epochs and the artifacts exported at
     the end; on Ctrl-C the checkpoint goes to `out` (or a new folder) and status is
     `interrupted`."""
-    from vaelab.train import Trainer, available_cpus, use_cpu_threads
+    from vaelab.hardware import available_cpus, use_cpu_threads
+    from vaelab.train import Trainer
 
     use_cpu_threads(available_cpus())  # alone: every CPU this process may use
     trainer = Trainer([config])
