@@ -60,9 +60,11 @@ def main() -> None:
     parser.add_argument("--train-subset", type=int, default=10000)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--threads", type=int, default=available_cpus(),
+                        help="CPU threads (default: every CPU this process may use)")
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
-    use_cpu_threads(available_cpus())
+    use_cpu_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     settings = {"fp32": ("fp32", "off"), "fast path": ("bf16", args.fast_compile)}
     runs = {(name, seed): train(args, precision, mode, seed)
@@ -71,7 +73,8 @@ def main() -> None:
     tolerance = TrialConfig.model_fields["precision_tolerance"].default
     lines = [f"\n### {dt.date.today()} — precision check, {device_name(device)}",
              f"torch {torch.__version__}; 5-layer LVAE+BN+WU, {args.train_subset} "
-             f"{'MNIST' if args.data_dir else 'digits'} training images, {args.epochs} epochs; "
+             f"{'MNIST' if args.data_dir else 'digits'} training images, {args.epochs} epochs, "
+             f"{args.threads} thread(s); "
              f"fp32 = precision fp32, compile off; fast path = precision bf16, compile "
              f"{args.fast_compile}; test metrics always computed in fp32; bf16 check tolerance "
              f"{tolerance} nats\n",
