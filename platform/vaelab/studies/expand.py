@@ -25,38 +25,31 @@ from pydantic import ValidationError
 
 from vaelab.config import COHORT_VARYING, TrialConfig, trial_config
 from vaelab.errors import SpecError, SpecErrors, format_value
-from vaelab.studies.claim_checks import check_claims
+from vaelab.studies.check_params import check_param, param_default
+from vaelab.studies.check_report import TrialParams, check_claims, check_report, pinned_dims
+from vaelab.studies.check_space import check_search_space
+from vaelab.studies.check_study import check_study
 from vaelab.studies.schema import (
-    plain_values,
-    ANNEAL_KEYS,
     LABEL_KEY,
     PARAM_FIELDS,
     VARIANT_AXIS,
-    WARMUP_KEYS,
     AxisSpec,
     SearchSpaceSpec,
-    Source,
     Study,
     StudySpec,
-    TrialParams,
     bundle_label,
-    check_param,
-    check_report,
-    check_search_space,
-    check_study,
-    display_path,
-    field_message,
     format_scalar,
-    key_join,
-    param_default,
-    pinned_dims,
-    read_yaml,
-    structure_errors,
+    plain_values,
 )
+from vaelab.studies.wording import field_message, structure_errors
+from vaelab.studies.yaml_source import Source, display_path, key_join, read_yaml
 
 PathLike = Union[str, Path]
 # Keys whose presence marks a file as a study rather than a search space.
 _STUDY_ONLY_KEYS = frozenset({"search_space", "budgets", "seeds", "search", "report", "resources", "default_budget"})
+# Budget keys that only shorten a schedule that is on (see _apply_budget).
+WARMUP_KEYS = frozenset({"warmup_epochs"})
+ANNEAL_KEYS = frozenset({"kl_anneal_hold_steps", "kl_anneal_steps"})
 
 
 @dataclass(frozen=True)
