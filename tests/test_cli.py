@@ -18,7 +18,9 @@ import pytest
 from typer.testing import CliRunner
 
 from vaelab.cli import app
-from vaelab.tracking import write
+from vaelab.tracking.connection import check_reachable
+from vaelab.tracking.runs import TrialRun, finish_study_run, start_study_run
+from vaelab.tracking.tags import TAG_VARIANT
 
 runner = CliRunner()
 
@@ -134,19 +136,19 @@ def small_store(tracking_uri: str) -> str:
     """Two finished trial runs and one diverged under one study run, written without Ray."""
     from vaelab.config import trial_config
 
-    uri = write.check_reachable(tracking_uri)
-    info = write.start_study_run(uri, "qstudy", "qstudy-test-1", spec_hash="h", budget="test", study_yaml="name: q\n")
+    uri = check_reachable(tracking_uri)
+    info = start_study_run(uri, "qstudy", "qstudy-test-1", spec_hash="h", budget="test", study_yaml="name: q\n")
     for index, (variant, depth, status) in enumerate([("VAE", 1, "finished"), ("LVAE", 2, "finished"),
                                                       ("VAE", 2, "diverged")]):
         config = trial_config({"dataset": "digits", "depth": depth, "inference": "lvae" if variant == "LVAE" else "vae",
                                "latent_dims": "8-4", "hidden_dims": "32-16", "epochs": 2})
-        run = write.TrialRun.open(info, f"q{index}", run_name=f"variant={variant},depth={depth}",
-                                  params=config.to_params(), tags={write.TAG_VARIANT: variant})
+        run = TrialRun.open(info, f"q{index}", run_name=f"variant={variant},depth={depth}",
+                            params=config.to_params(), tags={TAG_VARIANT: variant})
         for epoch in (1, 2):
             value = float("nan") if status == "diverged" else -100.0 + 10 * depth + epoch
             run.log_epoch(epoch, {"epoch": epoch, "test_elbo": value, "test_ll_iw": value + 1})
         run.finish(status)
-    write.finish_study_run(info, "finished")
+    finish_study_run(info, "finished")
     return uri
 
 

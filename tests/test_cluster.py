@@ -259,16 +259,17 @@ def test_server_command_binds_loopback_and_keeps_the_password_off_the_command_li
 
 
 def test_credentials_in_the_tracking_uri_go_to_mlflow_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from vaelab.tracking import write
+    from vaelab.tracking.connection import client_for
+    from vaelab.tracking.uri import scrub
 
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
-    c = write.client_for(f"http://vaelab:{SECRET}@127.0.0.1:5000/prefix")
+    c = client_for(f"http://vaelab:{SECRET}@127.0.0.1:5000/prefix")
     assert c.tracking_uri == "http://127.0.0.1:5000/prefix"
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "vaelab" and os.environ["MLFLOW_TRACKING_PASSWORD"] == SECRET
-    assert write.client_for("sqlite:////tmp/x.db").tracking_uri == "sqlite:////tmp/x.db"
+    assert client_for("sqlite:////tmp/x.db").tracking_uri == "sqlite:////tmp/x.db"
     text = f"API request to http://vaelab:{SECRET}@127.0.0.1:5000/api/2.0/x failed; postgresql://u:{SECRET}@db/m"
-    assert SECRET not in write.scrub(text) and "http://***@127.0.0.1:5000/api" in write.scrub(text)
+    assert SECRET not in scrub(text) and "http://***@127.0.0.1:5000/api" in scrub(text)
     assert os.environ.get("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT") == "true"  # no "View run at <URI>"
 
 

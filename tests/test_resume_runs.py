@@ -22,7 +22,10 @@ from typer.testing import CliRunner
 from vaelab.cli import app
 from vaelab.config import trial_config
 from vaelab.studies import load_study, runner
-from vaelab.tracking import write
+from vaelab.tracking import runs as tracking_runs
+from vaelab.tracking.connection import check_reachable
+from vaelab.tracking.runs import TrialRun, finish_study_run, start_study_run
+from vaelab.tracking.tags import TAG_RUN_NAME, TAG_TRIAL_KEY, TAG_VARIANT
 
 cli = CliRunner()
 
@@ -92,17 +95,17 @@ def test_resume_finds_a_run_by_its_study_name_and_lists_the_runs_otherwise(tmp_p
 @pytest.fixture
 def two_runs(tracking_uri: str) -> str:
     """One study run twice (same trial ids, as the same grid gives), written without Ray."""
-    uri = write.check_reachable(tracking_uri)
+    uri = check_reachable(tracking_uri)
     for run_name, base in (("twice-test-1", -100.0), ("twice-test-2", -90.0)):
-        info = write.start_study_run(uri, "twice", run_name, spec_hash="h", budget="test", study_yaml="name: twice\n")
+        info = start_study_run(uri, "twice", run_name, spec_hash="h", budget="test", study_yaml="name: twice\n")
         for depth in (1, 3):
             config = trial_config({"dataset": "digits", "depth": depth, "latent_dims": "8-4-2", "hidden_dims": "32-16-8"})
-            run = write.TrialRun.open(info, f"t{depth}", run_name=f"depth={depth}", params=config.to_params(),
-                                      tags={write.TAG_VARIANT: "VAE", write.TAG_TRIAL_KEY: f"depth={depth}",
-                                            write.TAG_RUN_NAME: run_name})
+            run = TrialRun.open(info, f"t{depth}", run_name=f"depth={depth}", params=config.to_params(),
+                                tags={TAG_VARIANT: "VAE", TAG_TRIAL_KEY: f"depth={depth}",
+                                      TAG_RUN_NAME: run_name})
             run.log_epoch(1, {"epoch": 1, "test_ll_iw": base + depth})
             run.finish("finished")
-        write.finish_study_run(info, "finished")
+        finish_study_run(info, "finished")
     return uri
 
 
@@ -146,8 +149,8 @@ def test_resume_checks_the_datasets_before_starting_ray(tmp_path: Path, tracking
     import ray
 
     storage = tmp_path / "ray_results"
-    uri = write.check_reachable(tracking_uri)
-    info = write.start_study_run(uri, "nodata", "nodata-test-1", spec_hash="h", budget="test", study_yaml="name: n\n")
+    uri = check_reachable(tracking_uri)
+    info = start_study_run(uri, "nodata", "nodata-test-1", spec_hash="h", budget="test", study_yaml="name: n\n")
     common = {"experiment_id": info.experiment_id, "parent_run_id": info.parent_run_id, "tracking_uri": uri,
               "resources": {"cpu": 1, "gpu": 0}}
     _sidecar(storage, "nodata-test-1", "nodata", "2026-11-30T01:00:00",
@@ -161,7 +164,7 @@ def test_resume_checks_the_datasets_before_starting_ray(tmp_path: Path, tracking
 
     # a run whose sidecar predates the dataset list: the datasets come from its trial runs
     config = trial_config({"dataset": "mnist", "data_dir": str(tmp_path / "empty2"), "depth": 1})
-    write.TrialRun.open(info, "t0", run_name="t0", params=config.to_params(), tags={}).finish("failed")
+    TrialRun.open(info, "t0", run_name="t0", params=config.to_params(), tags={}).finish("failed")
     _sidecar(storage, "nodata-test-2", "nodata", "2026-11-30T02:00:00", **common)
     result = cli.invoke(app, ["resume", "nodata-test-2", "--storage", str(storage)])
     assert result.exit_code == 2 and "empty2" in result.output and "Traceback" not in result.output
@@ -226,10 +229,10 @@ def test_study_runs_open_on_training_runs_and_record_the_codes_sha(two_runs: str
     experiment = MlflowClient(two_runs).get_experiment_by_name("twice")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     monkeypatch.chdir(tmp_path)
-    repo = Path(write.__file__).resolve().parents[1]
+    repo = Path(tracking_runs.__file__).resolve().parents[1]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
-    info = write.start_study_run(two_runs, "outside", "outside-1", spec_hash="h", budget="b",
-                                 study_yaml="name: outside\n", repo_dir=tmp_path)
+    info = start_study_run(two_runs, "outside", "outside-1", spec_hash="h", budget="b",
+                           study_yaml="name: outside\n", repo_dir=tmp_path)
     tags = MlflowClient(two_runs).get_run(info.parent_run_id).data.tags
     assert head and tags["vaelab.git_sha"].split("+")[0] == head
     assert tags["vaelab.study_git_sha"] == "unknown"  # tmp_path is no git repository

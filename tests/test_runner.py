@@ -29,7 +29,12 @@ from mlflow.tracking import MlflowClient
 
 from vaelab.studies import load_study
 from vaelab.studies import runner, tune_state
-from vaelab.tracking import write
+from vaelab.tracking.connection import check_reachable
+from vaelab.tracking.queries import list_trial_runs
+from vaelab.tracking.retry import is_transient, with_retry
+from vaelab.tracking.runs import StudyRunInfo, TrialRun, start_study_run
+from vaelab.tracking.tags import TAG_ATTEMPT, TAG_VARIANT
+from vaelab.tracking.uri import TrackingError, has_credentials, redact_uri, resolve_tracking_uri
 
 EPOCHS = 5
 KILL_EPOCH = 3
@@ -243,9 +248,9 @@ def test_optuna_study_records_each_trial(tmp_path: Path, ray_local: Any, write_s
 
 
 def _writer(uri: str, info: dict[str, str], index: int, epochs: int, barrier: Any) -> None:
-    study_run = write.StudyRunInfo(**info)
-    run = write.TrialRun.open(study_run, f"writer-{index}", run_name=f"w{index}",
-                              params={"depth": 2, "index": index}, tags={write.TAG_VARIANT: "w"})
+    study_run = StudyRunInfo(**info)
+    run = TrialRun.open(study_run, f"writer-{index}", run_name=f"w{index}",
+                        params={"depth": 2, "index": index}, tags={TAG_VARIANT: "w"})
     barrier.wait()  # every writer hits the file at the same moment
     for epoch in range(1, epochs + 1):
         run.log_epoch(epoch, {f"m{k}": epoch * 100 + k for k in range(20)} | {"epoch": epoch})
@@ -254,8 +259,8 @@ def _writer(uri: str, info: dict[str, str], index: int, epochs: int, barrier: An
 
 def test_concurrent_sqlite_writers_lose_nothing(tmp_path: Path, tracking_uri: str) -> None:
     writers, epochs = 8, 40
-    uri = write.check_reachable(tracking_uri)
-    info = write.start_study_run(uri, "concurrency", "c1", spec_hash="x", budget="b", study_yaml="name: c\n")
+    uri = check_reachable(tracking_uri)
+    info = start_study_run(uri, "concurrency", "c1", spec_hash="x", budget="b", study_yaml="name: c\n")
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(writers)
     procs = [ctx.Process(target=_writer, args=(uri, vars(info), i, epochs, barrier)) for i in range(writers)]
@@ -264,7 +269,7 @@ def test_concurrent_sqlite_writers_lose_nothing(tmp_path: Path, tracking_uri: st
     for p in procs:
         p.join(timeout=240)
     assert [p.exitcode for p in procs] == [0] * writers
-    runs = write.list_trial_runs(info)
+    runs = list_trial_runs(info)
     assert len(runs) == writers and {r["status"] for r in runs} == {"finished"}
     client = MlflowClient(uri)
     for row in runs:
@@ -279,13 +284,13 @@ def test_concurrent_sqlite_writers_lose_nothing(tmp_path: Path, tracking_uri: st
 
 
 def test_reopened_trial_run_skips_logged_epochs_and_params(tracking_uri: str) -> None:
-    uri = write.check_reachable(tracking_uri)
-    info = write.start_study_run(uri, "reopen", "r1", spec_hash="x", budget="b", study_yaml="name: r\n")
-    first = write.TrialRun.open(info, "t1", run_name="t1", params={"depth": 2}, tags={})
+    uri = check_reachable(tracking_uri)
+    info = start_study_run(uri, "reopen", "r1", spec_hash="x", budget="b", study_yaml="name: r\n")
+    first = TrialRun.open(info, "t1", run_name="t1", params={"depth": 2}, tags={})
     for epoch in (1, 2, 3):
         first.log_epoch(epoch, {"epoch": epoch, "loss": 1.0 / epoch})
     # the retry restarts from the epoch-2 checkpoint: epoch 3 is trained again
-    again = write.TrialRun.open(info, "t1", run_name="t1", params={"depth": 2, "rho": 0.5}, tags={})
+    again = TrialRun.open(info, "t1", run_name="t1", params={"depth": 2, "rho": 0.5}, tags={})
     assert again.run_id == first.run_id and again.resumed and again.last_step == 3
     assert again.log_epoch(3, {"epoch": 3, "loss": 9.0}) is False
     assert again.log_epoch(4, {"epoch": 4, "loss": 0.25}) is True
@@ -293,8 +298,8 @@ def test_reopened_trial_run_skips_logged_epochs_and_params(tracking_uri: str) ->
     assert steps(uri, first.run_id, "loss") == [1, 2, 3, 4]
     run = client.get_run(first.run_id)
     assert run.data.params == {"depth": "2", "rho": "0.5"}
-    assert run.data.tags[write.TAG_ATTEMPT] == "2"
-    assert len(write.list_trial_runs(info)) == 1
+    assert run.data.tags[TAG_ATTEMPT] == "2"
+    assert len(list_trial_runs(info)) == 1
 
 
 def test_retry_survives_locked_database_and_gives_up_on_bad_requests() -> None:
@@ -310,27 +315,27 @@ def test_retry_survives_locked_database_and_gives_up_on_bad_requests() -> None:
         calls["n"] += 1
         raise MlflowException("param depth already logged with another value", INVALID_PARAMETER_VALUE)
 
-    assert write.with_retry(flaky, "test", first_delay_s=0.001) == "ok" and calls["n"] == 3
+    assert with_retry(flaky, "test", first_delay_s=0.001) == "ok" and calls["n"] == 3
     with pytest.raises(MlflowException):
-        write.with_retry(bad_request, "t")
+        with_retry(bad_request, "t")
     assert calls["n"] == 4  # not retried
-    assert write.is_transient(ConnectionError("reset"))
-    assert not write.is_transient(ValueError("nope"))
+    assert is_transient(ConnectionError("reset"))
+    assert not is_transient(ValueError("nope"))
 
 
 def test_unreachable_tracking_server_fails_fast() -> None:
     started = time.monotonic()
-    with pytest.raises(write.TrackingError, match="unreachable"):
-        write.check_reachable("http://127.0.0.1:9", timeout_s=3)
+    with pytest.raises(TrackingError, match="unreachable"):
+        check_reachable("http://127.0.0.1:9", timeout_s=3)
     assert time.monotonic() - started < 10
 
 
 def test_credentials_never_reach_tags() -> None:
-    assert write.redact_uri("http://alice:s3cret@mlflow.example:5000/x") == "http://***@mlflow.example:5000/x"
-    assert "s3cret" not in write.redact_uri("https://h/?token=s3cret&x=1")
-    assert write.redact_uri("sqlite:////abs/mlflow.db") == "sqlite:////abs/mlflow.db"
-    assert write.has_credentials("postgresql://u:p@db/mlflow") and not write.has_credentials("sqlite:////a.db")
-    assert write.resolve_tracking_uri("sqlite:///rel.db") == f"sqlite:///{Path('rel.db').resolve()}"
+    assert redact_uri("http://alice:s3cret@mlflow.example:5000/x") == "http://***@mlflow.example:5000/x"
+    assert "s3cret" not in redact_uri("https://h/?token=s3cret&x=1")
+    assert redact_uri("sqlite:////abs/mlflow.db") == "sqlite:////abs/mlflow.db"
+    assert has_credentials("postgresql://u:p@db/mlflow") and not has_credentials("sqlite:////a.db")
+    assert resolve_tracking_uri("sqlite:///rel.db") == f"sqlite:///{Path('rel.db').resolve()}"
 
 
 def test_multi_node_cluster_refuses_local_storage(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -387,7 +392,7 @@ def test_killed_driver_is_resumed_without_rerunning_finished_trials(
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "PYTHONUNBUFFERED": "1"}
     common = ["--address", address, "--storage", str(tmp_path / "ray_results"), "--tracking-uri", tracking_uri,
               "--no-report"]
-    write.check_reachable(tracking_uri)  # the schema exists before this test's polling reads it
+    check_reachable(tracking_uri)  # the schema exists before this test's polling reads it
     log = open(tmp_path / "run.log", "w")
     proc = subprocess.Popen([*vaelab_command(), "run", str(study), "--name", "killme", *common],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -90,7 +90,7 @@ def user_errors() -> Iterator[None]:
 
 
 def _tracking_uri(uri: Optional[str]) -> str:
-    from vaelab.tracking.write import resolve_tracking_uri
+    from vaelab.tracking.uri import resolve_tracking_uri
 
     return resolve_tracking_uri(uri)
 
@@ -270,12 +270,13 @@ def list_studies(
 
 
 def _recorded_studies(uri: str) -> list[dict[str, Any]]:
-    from vaelab.tracking import write
+    from vaelab.tracking.queries import list_studies
+    from vaelab.tracking.uri import sqlite_path
 
-    path = write.sqlite_path(uri)
+    path = sqlite_path(uri)
     if path is not None and not path.exists():
         return []
-    return write.list_studies(uri)
+    return list_studies(uri)
 
 
 def _local_studies(folder: Path) -> list[dict[str, Any]]:
@@ -313,10 +314,10 @@ def query(
 ) -> None:
     """Trial runs matching a filter: study, run, trial_id, variant, status, params, final metrics."""
     with user_errors():
-        from vaelab.tracking import write
+        from vaelab.tracking.queries import search_trial_runs
 
         uri = _tracking_uri(tracking_uri)
-        rows = write.search_trial_runs(uri, filter_string or "", study, run_name)
+        rows = search_trial_runs(uri, filter_string or "", study, run_name)
     frame = query_frame(rows, wide=fmt is not Format.table, where=where)
     if fmt is Format.parquet:
         if out is None:
@@ -650,7 +651,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def _redact(uri: str) -> str:
-    from vaelab.tracking.write import redact_uri
+    from vaelab.tracking.uri import redact_uri
 
     return redact_uri(uri)
 

@@ -7,7 +7,7 @@ binds 127.0.0.1, while a driver joining a real cluster must not.
 
 One Tune trial trains one cohort (S >= 1 members of one architecture in one set of kernels,
 `Trainer`); each member has its own MLflow child run, created inside the trial and found
-again by `vaelab.trial_id` when Tune retries or restores the trial (tracking/write.py).
+again by `vaelab.trial_id` when Tune retries or restores the trial (tracking/runs.py).
 
     grid / random   tune.grid_search over the pre-expanded cohorts (one Tune trial each)
     optuna          OptunaSearch (+ ConcurrencyLimiter, optional ASHA) over the study's
@@ -34,7 +34,19 @@ import yaml
 
 from vaelab.errors import VaelabError
 from vaelab.studies import tune_state
-from vaelab.tracking import write as tracking
+from vaelab.tracking.connection import check_reachable
+from vaelab.tracking.queries import ended_trial_runs, list_trial_runs
+from vaelab.tracking.runs import (
+    StudyRunInfo,
+    TrialRun,
+    finish_study_run,
+    mark_stale_trials,
+    reopen_study_run,
+    start_study_run,
+    to_metrics,
+)
+from vaelab.tracking.tags import STATUSES, TAG_COHORT, TAG_RUN_NAME, TAG_TRIAL_KEY, TAG_VARIANT
+from vaelab.tracking.uri import has_credentials, redact_uri, resolve_tracking_uri, sqlite_path
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from vaelab.train import EpochReport, Trainer
@@ -313,7 +325,8 @@ def cohort_trainable(config: dict[str, Any]) -> None:
     from ray import tune
 
     from vaelab.config import trial_config
-    from vaelab.train import Trainer, use_cpu_threads
+    from vaelab.hardware import use_cpu_threads
+    from vaelab.train import Trainer
 
     # exactly the CPUs Tune gave this trial: packed trials must not oversubscribe a node
     use_cpu_threads(ray_assigned_cpus())
@@ -367,7 +380,7 @@ def _ended_payload(ctx: Mapping[str, Any], members: Sequence[Member]) -> Optiona
     diverged), else None. Tune's saved experiment state can lag behind MLflow (a Ctrl-C or
     a killed driver right after a trial's last epoch): MLflow, which the user sees, decides
     what `vaelab resume` reruns."""
-    ended = tracking.ended_trial_runs(_run_info(ctx), [m.trial_id for m in members])
+    ended = ended_trial_runs(_run_info(ctx), [m.trial_id for m in members])
     if len(ended) < len(members):
         return None
     rows = [ended[m.trial_id] for m in members]
@@ -404,25 +417,25 @@ def _open_runs(
     trainer: "Trainer",
     cohort_id: str,
     resumed_epoch: int,
-) -> list[Optional[tracking.TrialRun]]:
+) -> list[Optional[TrialRun]]:
     """One MLflow run per member (found again on retry); None for a member already ended."""
     info = _run_info(ctx)
     node = _node()
-    runs: list[Optional[tracking.TrialRun]] = []
+    runs: list[Optional[TrialRun]] = []
     for member, cfg, status in zip(members, configs, trainer.status):
         if status == "diverged":  # its run was closed when it diverged (before this checkpoint)
             runs.append(None)
             continue
-        run = tracking.TrialRun.open(
+        run = TrialRun.open(
             info,
             member.trial_id,
             run_name=member.trial_key,
             params=cfg.to_params(),
             tags={
-                tracking.TAG_VARIANT: member.variant,
-                tracking.TAG_TRIAL_KEY: member.trial_key,
-                tracking.TAG_COHORT: cohort_id,
-                tracking.TAG_RUN_NAME: ctx["run_name"],
+                TAG_VARIANT: member.variant,
+                TAG_TRIAL_KEY: member.trial_key,
+                TAG_COHORT: cohort_id,
+                TAG_RUN_NAME: ctx["run_name"],
                 "vaelab.resumed_from_epoch": resumed_epoch,
                 TAG_RAY_NODE: _ray_node_id(),
             },
@@ -444,10 +457,10 @@ def _record_start_failure(
     try:
         info = _run_info(ctx)
         for member, cfg in zip(members, configs):
-            run = tracking.TrialRun.open(
+            run = TrialRun.open(
                 info, member.trial_id, run_name=member.trial_key, params=cfg.to_params(),
-                tags={tracking.TAG_VARIANT: member.variant, tracking.TAG_TRIAL_KEY: member.trial_key,
-                      tracking.TAG_COHORT: cohort_id, tracking.TAG_RUN_NAME: ctx["run_name"]},
+                tags={TAG_VARIANT: member.variant, TAG_TRIAL_KEY: member.trial_key,
+                      TAG_COHORT: cohort_id, TAG_RUN_NAME: ctx["run_name"]},
                 node=_node(),
             )
             run.finish("failed", {"vaelab.error": f"{type(err).__name__}: {err}"[:4000]})
@@ -455,12 +468,12 @@ def _record_start_failure(
         log.warning("could not record the failure in MLflow: %s", record_err)
 
 
-def _run_info(ctx: Mapping[str, Any]) -> tracking.StudyRunInfo:
+def _run_info(ctx: Mapping[str, Any]) -> StudyRunInfo:
     uri = ctx.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise RunnerError("no tracking URI in the trial's config or environment (MLFLOW_TRACKING_URI)")
-    return tracking.StudyRunInfo(
-        tracking_uri=tracking.resolve_tracking_uri(uri),
+    return StudyRunInfo(
+        tracking_uri=resolve_tracking_uri(uri),
         experiment_id=ctx["experiment_id"],
         parent_run_id=ctx["parent_run_id"],
         study=ctx["study"],
@@ -490,7 +503,7 @@ def _node() -> str:
 
 
 def _log_report(
-    runs: list[Optional[tracking.TrialRun]], report: "EpochReport", configs: Sequence[Any]
+    runs: list[Optional[TrialRun]], report: "EpochReport", configs: Sequence[Any]
 ) -> int:
     """One batch per member for this epoch; a member that just diverged is closed as such.
 
@@ -500,7 +513,7 @@ def _log_report(
         if run is None:
             continue
         if run.log_epoch(report.epoch, report.metrics[s]):
-            sent += len(tracking.to_metrics(report.metrics[s], step=report.epoch, timestamp_ms=0))
+            sent += len(to_metrics(report.metrics[s], step=report.epoch, timestamp_ms=0))
         if report.status[s] == "diverged":
             run.log_text(_config_yaml(configs[s]), "config.yaml")
             run.finish("diverged", {"vaelab.diverged_epoch": report.epoch})
@@ -509,7 +522,7 @@ def _log_report(
 
 
 def _close_runs(
-    runs: list[Optional[tracking.TrialRun]], trainer: "Trainer", members: Sequence[Member],
+    runs: list[Optional[TrialRun]], trainer: "Trainer", members: Sequence[Member],
     configs: Sequence[Any],
 ) -> None:
     """Last epoch: export each member's artifacts and config.yaml, then mark it finished."""
@@ -524,7 +537,7 @@ def _close_runs(
         runs[s] = None
 
 
-def _end_open_runs(runs: list[Optional[tracking.TrialRun]], status: str, reason: str) -> None:
+def _end_open_runs(runs: list[Optional[TrialRun]], status: str, reason: str) -> None:
     for s, run in enumerate(runs):
         if run is None:
             continue
@@ -753,7 +766,7 @@ def connect_ray(
     env_vars = {"MLFLOW_TRACKING_URI": tracking_uri}
     env_vars.update({k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)})
     env_vars = _without_job_env_vars(env_vars)
-    if "MLFLOW_TRACKING_URI" in env_vars and tracking.has_credentials(tracking_uri):
+    if "MLFLOW_TRACKING_URI" in env_vars and has_credentials(tracking_uri):
         env_vars.pop("MLFLOW_TRACKING_URI")
         _pass_credentialed_uri_by_environment(tracking_uri, local)
     kwargs: dict[str, Any] = dict(
@@ -799,7 +812,7 @@ def _pass_credentialed_uri_by_environment(tracking_uri: str, local: bool) -> Non
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
         return
     raise RunnerError(
-        f"tracking URI {tracking.redact_uri(tracking_uri)} carries credentials, which vaelab does not "
+        f"tracking URI {redact_uri(tracking_uri)} carries credentials, which vaelab does not "
         "send through Ray's runtime_env (Ray stores it in its job metadata and shows it on the "
         "dashboard): set MLFLOW_TRACKING_URI, or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD "
         "with a URI without them, in every node's environment before `ray start`, or submit the "
@@ -830,10 +843,10 @@ def _without_job_env_vars(env_vars: Mapping[str, str]) -> dict[str, str]:
     for key, value in env_vars.items():
         if key not in job_env:
             out[key] = value
-        elif key == "MLFLOW_TRACKING_URI" and tracking.resolve_tracking_uri(job_env[key]) != value:
+        elif key == "MLFLOW_TRACKING_URI" and resolve_tracking_uri(job_env[key]) != value:
             raise RunnerError(
-                f"--tracking-uri {tracking.redact_uri(value)} differs from MLFLOW_TRACKING_URI="
-                f"{tracking.redact_uri(job_env[key])} in the job's runtime_env: the trials would log "
+                f"--tracking-uri {redact_uri(value)} differs from MLFLOW_TRACKING_URI="
+                f"{redact_uri(job_env[key])} in the job's runtime_env: the trials would log "
                 "elsewhere; pass one of them"
             )
     return out
@@ -846,7 +859,7 @@ def check_job_paths(storage: str, tracking_uri: str) -> None:
         return
     cwd = Path.cwd().resolve()
     for what, path in (("storage", None if is_remote_storage(storage) else Path(storage)),
-                       ("SQLite tracking database", tracking.sqlite_path(tracking_uri))):
+                       ("SQLite tracking database", sqlite_path(tracking_uri))):
         if path is not None and (path == cwd or cwd in path.parents):
             raise RunnerError(
                 f"{what} {path} lies in the job's temporary working directory (ray job submit "
@@ -886,9 +899,9 @@ def check_cluster_storage(
             "--storage s3://BUCKET/PATH (or gs://...), or a path on a filesystem every node "
             "mounts (NFS) together with --shared-storage"
         )
-    if tracking.sqlite_path(tracking_uri) is not None:
+    if sqlite_path(tracking_uri) is not None:
         raise RunnerError(
-            f"tracking URI {tracking.redact_uri(tracking_uri)} is a SQLite file, but trials run "
+            f"tracking URI {redact_uri(tracking_uri)} is a SQLite file, but trials run "
             f"{where}: run an MLflow server (`mlflow server --host 127.0.0.1 ...` behind your "
             "network's access control) and pass --tracking-uri http://HOST:PORT, or pass "
             "--shared-storage if the file is on a filesystem every node mounts"
@@ -1032,18 +1045,18 @@ class StudyResult:
 
 
 def _conclude(
-    results: Any, info: tracking.StudyRunInfo, name: str, experiment_path: str, plan_metric: str,
+    results: Any, info: StudyRunInfo, name: str, experiment_path: str, plan_metric: str,
     *, build_report: bool, report_dir: Optional[Path], interrupted: bool, echo: Callable[[str], None],
 ) -> StudyResult:
     if not interrupted:  # interrupted trials are paused, to be resumed: leave them running
-        tracking.mark_stale_trials(info, _tune_statuses(results))
-    rows = tracking.list_trial_runs(info)
+        mark_stale_trials(info, _tune_statuses(results))
+    rows = list_trial_runs(info)
     counts = _count(rows)
     errors = [f"{getattr(r, 'path', '?')}: {type(r.error).__name__}: {r.error}"
               for r in results if getattr(r, "error", None) is not None]
     expected_done = not interrupted and not errors
     status = "finished" if expected_done else ("interrupted" if interrupted else "failed")
-    tracking.finish_study_run(
+    finish_study_run(
         info, status, {f"vaelab.trials_{k}": str(v) for k, v in counts.items()}
     )
     echo(summary_table(rows, plan_metric))
@@ -1052,7 +1065,7 @@ def _conclude(
         out = _build_report(info, name, report_dir, echo)
     return StudyResult(
         name=name, study=info.study, parent_run_id=info.parent_run_id,
-        experiment_path=experiment_path, tracking_uri=tracking.redact_uri(info.tracking_uri),
+        experiment_path=experiment_path, tracking_uri=redact_uri(info.tracking_uri),
         trials=rows, counts=counts, tune_errors=errors, report_dir=out, interrupted=interrupted,
     )
 
@@ -1085,7 +1098,7 @@ def _trial_id_from_path(result: Any) -> Optional[str]:
 
 
 def _count(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    counts = {s: 0 for s in tracking.STATUSES}
+    counts = {s: 0 for s in STATUSES}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     counts["total"] = sum(v for k, v in counts.items() if k != "total")
@@ -1130,7 +1143,7 @@ def _fmt(value: Any) -> str:
 
 
 def _build_report(
-    info: tracking.StudyRunInfo, run_name: str, out_dir: Optional[Path], echo: Callable[[str], None]
+    info: StudyRunInfo, run_name: str, out_dir: Optional[Path], echo: Callable[[str], None]
 ) -> Optional[Path]:
     """The run's report in its own folder (default reports/<study>/<run name>)."""
     try:
@@ -1172,8 +1185,8 @@ def run_study(
         raise RunnerError(f"study {plan.study!r} has no trials to run")
     cwd = Path.cwd()  # before ray.init: see _leave_job_working_directory
     storage_uri = resolve_storage(storage)
-    check_job_paths(storage_uri, tracking.resolve_tracking_uri(tracking_uri))
-    uri = tracking.check_reachable(tracking_uri or tracking.resolve_tracking_uri(None))
+    check_job_paths(storage_uri, resolve_tracking_uri(tracking_uri))
+    uri = check_reachable(tracking_uri or resolve_tracking_uri(None))
     run_name = name or default_run_name(plan)
     experiment_path = _join(storage_uri, run_name)
     if _exists(experiment_path):
@@ -1190,17 +1203,17 @@ def run_study(
     clock.append(time.monotonic())
     try:
         check_cluster_storage(address, storage_uri, uri, shared_storage)
-        info = tracking.start_study_run(
+        info = start_study_run(
             uri, plan.study, run_name, spec_hash=plan.spec_hash, budget=plan.budget,
             study_yaml=plan.study_yaml, repo_dir=plan.source_dir,
-            tags={"vaelab.storage": tracking.redact_uri(experiment_path),
+            tags={"vaelab.storage": redact_uri(experiment_path),
                   "vaelab.search": "optuna" if plan.optuna else "grid",
                   "vaelab.trials_planned": str(plan.n_trials)},
         )
         ctx = _context(plan, info, run_name, uri, cwd)
         write_sidecar(experiment_path, _sidecar(plan, info, run_name, uri))
         echo(f"study {plan.study} · budget {plan.budget or '-'} · {plan.n_trials} trials · "
-             f"run {run_name} · storage {experiment_path} · tracking {tracking.redact_uri(uri)}")
+             f"run {run_name} · storage {experiment_path} · tracking {redact_uri(uri)}")
         from ray import tune
 
         tuner = tune.Tuner(
@@ -1243,9 +1256,9 @@ def resume_study(
     experiment_path = _join(storage_uri, name)
     meta = read_sidecar(experiment_path)
     uri = _resume_tracking_uri(meta, tracking_uri)
-    uri = tracking.check_reachable(uri)
+    uri = check_reachable(uri)
     report_dir = report_dir or report_dir_for(Path.cwd(), meta["study"], name)
-    info = tracking.StudyRunInfo(uri, meta["experiment_id"], meta["parent_run_id"], meta["study"])
+    info = StudyRunInfo(uri, meta["experiment_id"], meta["parent_run_id"], meta["study"])
     if address in (None, "", "local"):  # the same pre-flight check as `vaelab run`
         check_dataset_pairs(_resume_datasets(meta, info))
     _leave_job_working_directory()
@@ -1256,8 +1269,8 @@ def resume_study(
 
         if not tune.Tuner.can_restore(experiment_path):
             raise RunnerError(f"{experiment_path} has no Ray Tune experiment state to resume")
-        tracking.reopen_study_run(info)
-        ended = sum(r["status"] in ("finished", "diverged") for r in tracking.list_trial_runs(info))
+        reopen_study_run(info)
+        ended = sum(r["status"] in ("finished", "diverged") for r in list_trial_runs(info))
         echo(f"resuming {name} (study {meta['study']}) from {experiment_path}: {ended} trial run(s) "
              "already ended in MLflow are not rerun")
         if not is_remote_storage(experiment_path):
@@ -1393,7 +1406,7 @@ def _with_absolute_paths(plan: LaunchPlan, base: Path) -> LaunchPlan:
     return dataclasses.replace(plan, cohorts=cohorts)
 
 
-def _context(plan: LaunchPlan, info: tracking.StudyRunInfo, run_name: str, uri: str, cwd: Path) -> dict[str, Any]:
+def _context(plan: LaunchPlan, info: StudyRunInfo, run_name: str, uri: str, cwd: Path) -> dict[str, Any]:
     return {
         "study": plan.study,
         "budget": plan.budget,
@@ -1405,13 +1418,13 @@ def _context(plan: LaunchPlan, info: tracking.StudyRunInfo, run_name: str, uri: 
         "experiment_id": info.experiment_id,
         "parent_run_id": info.parent_run_id,
         # A URI carrying credentials reaches trials only through their environment.
-        "tracking_uri": None if tracking.has_credentials(uri) else uri,
+        "tracking_uri": None if has_credentials(uri) else uri,
         "metric": plan.optuna.metric if plan.optuna else None,
         "fault": _fault_from_env(),
     }
 
 
-def _sidecar(plan: LaunchPlan, info: tracking.StudyRunInfo, run_name: str, uri: str) -> dict[str, Any]:
+def _sidecar(plan: LaunchPlan, info: StudyRunInfo, run_name: str, uri: str) -> dict[str, Any]:
     return {
         "format": 1,
         "study": plan.study,
@@ -1420,8 +1433,8 @@ def _sidecar(plan: LaunchPlan, info: tracking.StudyRunInfo, run_name: str, uri: 
         "spec_hash": plan.spec_hash,
         "experiment_id": info.experiment_id,
         "parent_run_id": info.parent_run_id,
-        "tracking_uri": None if tracking.has_credentials(uri) else uri,
-        "tracking_uri_redacted": tracking.redact_uri(uri),
+        "tracking_uri": None if has_credentials(uri) else uri,
+        "tracking_uri_redacted": redact_uri(uri),
         "resources": plan.resources,
         "metric": plan.metric,
         "mode": plan.mode,
@@ -1431,23 +1444,23 @@ def _sidecar(plan: LaunchPlan, info: tracking.StudyRunInfo, run_name: str, uri: 
     }
 
 
-def _resume_datasets(meta: Mapping[str, Any], info: tracking.StudyRunInfo) -> list[tuple[str, Optional[str]]]:
+def _resume_datasets(meta: Mapping[str, Any], info: StudyRunInfo) -> list[tuple[str, Optional[str]]]:
     """The datasets a resumed study reads: from the sidecar, else (a run started before
     the sidecar listed them) from the params of its trial runs in MLflow."""
     if meta.get("datasets") is not None:
         return [(name, data_dir) for name, data_dir in meta["datasets"]]
-    pairs = {(r["params"].get("dataset", "mnist"), r["params"].get("data_dir")) for r in tracking.list_trial_runs(info)}
+    pairs = {(r["params"].get("dataset", "mnist"), r["params"].get("data_dir")) for r in list_trial_runs(info)}
     return sorted(((name, None if d in (None, "None") else d) for name, d in pairs), key=str)
 
 
 def _resume_tracking_uri(meta: Mapping[str, Any], given: Optional[str]) -> str:
     recorded = meta.get("tracking_uri")
     if given:
-        resolved = tracking.resolve_tracking_uri(given)
+        resolved = resolve_tracking_uri(given)
         if recorded and resolved != recorded:
             raise RunnerError(
-                f"study run {meta.get('run_name')} was tracked at {tracking.redact_uri(recorded)}; "
-                f"resume it against the same store (got {tracking.redact_uri(resolved)})"
+                f"study run {meta.get('run_name')} was tracked at {redact_uri(recorded)}; "
+                f"resume it against the same store (got {redact_uri(resolved)})"
             )
         return resolved
     if recorded:
@@ -1458,4 +1471,4 @@ def _resume_tracking_uri(meta: Mapping[str, Any], given: Optional[str]) -> str:
             f"study run {meta.get('run_name')} was tracked at {meta.get('tracking_uri_redacted')} "
             "(credentials not stored): pass --tracking-uri or set MLFLOW_TRACKING_URI"
         )
-    return tracking.resolve_tracking_uri(env)
+    return resolve_tracking_uri(env)

@@ -18,8 +18,8 @@ Cost: one paginated `search_runs` for the whole experiment, then per trial one
 artifacts are fetched on a small thread pool; downloaded artifacts of runs that have ended
 are cached by run id and reused.
 
-This module and `write.py` are the only vaelab modules that import mlflow; nothing here
-imports torch or ray.
+Only tracking/ imports mlflow; nothing here imports torch or ray. The tag names are those of
+tags.py, shared with the write side (runs.py).
 """
 
 from __future__ import annotations
@@ -41,12 +41,9 @@ from mlflow.tracking import MlflowClient
 
 from vaelab.config import TrialConfig
 from vaelab.errors import VaelabError
-from vaelab.tracking.write import TAG_RUN_NAME, require_existing_store
+from vaelab.tracking.connection import require_existing_store
+from vaelab.tracking.tags import ROLE_STUDY, ROLE_TRIAL, TAG_PARENT, TAG_ROLE, TAG_RUN_NAME
 
-ROLE_TAG = "vaelab.role"
-PARENT_TAG = "mlflow.parentRunId"
-STUDY_ROLE = "study"
-TRIAL_ROLE = "trial"
 STUDY_ARTIFACT = "study.yaml"
 TRIAL_ARTIFACTS = ("unit_kl.json", "latents.npz", "prior_samples.npz")
 # `stopped`: ended early by a Tune scheduler (ASHA); like failed/diverged, not aggregated
@@ -250,7 +247,7 @@ def _search_all_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
 
 
 def _role(run: Run) -> str:
-    return run.data.tags.get(ROLE_TAG, "")
+    return run.data.tags.get(TAG_ROLE, "")
 
 
 def study_run_name(run: Run) -> str:
@@ -260,7 +257,7 @@ def study_run_name(run: Run) -> str:
 
 def _study_runs(runs: list[Run]) -> list[Run]:
     """The experiment's study (parent) runs, newest first."""
-    parents = [r for r in runs if _role(r) == STUDY_ROLE]
+    parents = [r for r in runs if _role(r) == ROLE_STUDY]
     return sorted(parents, key=lambda r: (r.info.start_time or 0, r.info.run_id), reverse=True)
 
 
@@ -268,7 +265,7 @@ def _pick_parent(runs: list[Run], warnings: list[str]) -> Run | None:
     parents = _study_runs(runs)
     if not parents:
         warnings.append(
-            f"no parent run (tag {ROLE_TAG}={STUDY_ROLE}): every trial run of the experiment is used"
+            f"no parent run (tag {TAG_ROLE}={ROLE_STUDY}): every trial run of the experiment is used"
         )
         return None
     if len(parents) > 1:
@@ -316,9 +313,9 @@ def _read_yaml_artifact(client: MlflowClient, run_id: str, name: str) -> dict[st
 
 
 def _trial_runs(runs: list[Run], parent: Run | None, warnings: list[str]) -> list[TrialRun]:
-    trials = [r for r in runs if _role(r) == TRIAL_ROLE]
+    trials = [r for r in runs if _role(r) == ROLE_TRIAL]
     if parent is not None:
-        mine = [r for r in trials if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
+        mine = [r for r in trials if r.data.tags.get(TAG_PARENT) == parent.info.run_id]
         if len(mine) < len(trials):
             ignored = len(trials) - len(mine)
             warnings.append(f"{ignored} trial run(s) of other study runs ignored")
