@@ -276,25 +276,26 @@ def test_credentials_in_the_tracking_uri_go_to_mlflow_through_the_environment(mo
 def test_a_submitted_job_keeps_its_own_env_and_refuses_paths_in_its_temporary_working_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vaelab.studies import runner
+    from vaelab.studies.cluster import JOB_CONFIG_ENV, _without_job_env_vars, check_job_paths
+    from vaelab.studies.plan import RunnerError
 
     job = {"runtime_env": {"working_dir": "gcs://_ray_pkg_x.zip",
                            "env_vars": {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}}}
-    monkeypatch.setenv(runner.JOB_CONFIG_ENV, json.dumps(job))
+    monkeypatch.setenv(JOB_CONFIG_ENV, json.dumps(job))
     monkeypatch.chdir(tmp_path)
     # Ray refuses to merge two values of one variable: the job's own are left to it
     env = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "VAELAB_DATA_DIR": "/data"}
-    assert runner._without_job_env_vars(env) == {"VAELAB_DATA_DIR": "/data"}
-    with pytest.raises(runner.RunnerError, match="differs"):
-        runner._without_job_env_vars({"MLFLOW_TRACKING_URI": "http://127.0.0.1:6000"})
-    with pytest.raises(runner.RunnerError, match="temporary working directory"):
-        runner.check_job_paths(str(tmp_path / "ray_results"), "http://127.0.0.1:5000")
-    with pytest.raises(runner.RunnerError, match="SQLite"):
-        runner.check_job_paths("s3://bucket/x", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runner.check_job_paths("/shared/ray_results", "http://127.0.0.1:5000")
-    runner.check_job_paths("s3://bucket/x", "sqlite:////shared/mlflow.db")
-    monkeypatch.delenv(runner.JOB_CONFIG_ENV)
-    runner.check_job_paths(str(tmp_path / "ray_results"), f"sqlite:///{tmp_path / 'mlflow.db'}")  # not a job
+    assert _without_job_env_vars(env) == {"VAELAB_DATA_DIR": "/data"}
+    with pytest.raises(RunnerError, match="differs"):
+        _without_job_env_vars({"MLFLOW_TRACKING_URI": "http://127.0.0.1:6000"})
+    with pytest.raises(RunnerError, match="temporary working directory"):
+        check_job_paths(str(tmp_path / "ray_results"), "http://127.0.0.1:5000")
+    with pytest.raises(RunnerError, match="SQLite"):
+        check_job_paths("s3://bucket/x", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    check_job_paths("/shared/ray_results", "http://127.0.0.1:5000")
+    check_job_paths("s3://bucket/x", "sqlite:////shared/mlflow.db")
+    monkeypatch.delenv(JOB_CONFIG_ENV)
+    check_job_paths(str(tmp_path / "ray_results"), f"sqlite:///{tmp_path / 'mlflow.db'}")  # not a job
 
 
 def test_yaml_is_parsed_with_safe_loading_only() -> None:
@@ -347,15 +348,15 @@ LOCAL_RAY_PROBE = """
 import json, os, sys, urllib.request
 sys.path.insert(0, {platform!r})
 sys.path.insert(0, {tests!r})
-from vaelab.studies import runner
+from vaelab.studies.cluster import connect_ray, shutdown_ray
 from cluster_helpers import descendants, listening_sockets
-runner.connect_ray(None, "sqlite:///" + {db!r}, num_cpus=1)
+connect_ray(None, "sqlite:///" + {db!r}, num_cpus=1)
 import ray
 ray.get(ray.remote(lambda: 1).remote())  # a worker process too
 info = ray._private.worker.global_worker.node.address_info
 print(json.dumps({{"node_ip": info["node_ip_address"], "webui": info.get("webui_url"),
                   "sockets": listening_sockets(descendants(os.getpid()))}}))
-runner.shutdown_ray()
+shutdown_ray()
 """
 
 
@@ -378,19 +379,20 @@ def test_local_ray_started_by_vaelab_listens_on_loopback_only(tmp_path: Path) ->
 CREDENTIALED_URI_PROBE = """
 import json, os, sys
 sys.path.insert(0, {platform!r})
-from vaelab.studies import runner
+from vaelab.studies.cluster import connect_ray, shutdown_ray
+from vaelab.studies.plan import RunnerError
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 uri = "http://vaelab:{secret}@127.0.0.1:5999"
 try:
-    runner.connect_ray("ray://127.0.0.1:1", uri)
-except runner.RunnerError as err:
+    connect_ray("ray://127.0.0.1:1", uri)
+except RunnerError as err:
     refused = str(err)
-runner.connect_ray(None, uri, num_cpus=1)
+connect_ray(None, uri, num_cpus=1)
 import ray
 seen = ray.get(ray.remote(lambda: os.environ.get("MLFLOW_TRACKING_URI")).remote())
 job_env = ray.get_runtime_context().runtime_env
 print(json.dumps({{"refused": refused, "seen": seen, "runtime_env": json.dumps(job_env)}}))
-runner.shutdown_ray()
+shutdown_ray()
 """
 
 

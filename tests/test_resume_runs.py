@@ -22,6 +22,10 @@ from typer.testing import CliRunner
 from vaelab.cli import app
 from vaelab.config import trial_config
 from vaelab.studies import load_study, runner
+from vaelab.studies.plan import RunnerError
+from vaelab.studies.progress import progress_line
+from vaelab.studies.storage import find_run_name, write_sidecar
+from vaelab.studies.trial import CTX_KEY, STATUS_METRIC
 from vaelab.tracking import runs as tracking_runs
 from vaelab.tracking.connection import check_reachable
 from vaelab.tracking.runs import TrialRun, finish_study_run, start_study_run
@@ -47,10 +51,10 @@ checkpoint_every: 1
 
 
 def _trial(status: str, iteration: int, vaelab_status: str | None, epochs: int = 4) -> Trial:
-    trial = Trial("cohort_trainable", stub=True, config={runner.CTX_KEY: {"epochs": epochs}})
+    trial = Trial("cohort_trainable", stub=True, config={CTX_KEY: {"epochs": epochs}})
     trial.set_status(status)
     if iteration:
-        trial.run_metadata.last_result = {"training_iteration": iteration, runner.STATUS_METRIC: vaelab_status,
+        trial.run_metadata.last_result = {"training_iteration": iteration, STATUS_METRIC: vaelab_status,
                                           "test_ll_iw": -90.0 - iteration}
     return trial
 
@@ -59,7 +63,7 @@ def test_progress_line_counts_a_trial_stopped_early_as_stopped_not_done() -> Non
     trials = [_trial(Trial.TERMINATED, 4, "finished"), _trial(Trial.TERMINATED, 4, "diverged"),
               _trial(Trial.TERMINATED, 2, "running"),  # Ctrl-C stopped it at epoch 2 of 4
               _trial(Trial.PENDING, 0, None)]  # never started
-    line = runner.progress_line(trials, "test_ll_iw", "max", 4, time.monotonic() - 10, {})
+    line = progress_line(trials, "test_ll_iw", "max", 4, time.monotonic() - 10, {})
     assert "2/4 done" in line and "0 running" in line and "1 stopped" in line and "1 diverged" in line
 
 
@@ -68,7 +72,7 @@ def test_progress_line_counts_a_trial_stopped_early_as_stopped_not_done() -> Non
 
 def _sidecar(storage: Path, run_name: str, study: str, created: str, **extra: Any) -> None:
     meta = {"study": study, "run_name": run_name, "created": created, **extra}
-    runner.write_sidecar(str(storage / run_name), meta)
+    write_sidecar(str(storage / run_name), meta)
 
 
 def test_resume_finds_a_run_by_its_study_name_and_lists_the_runs_otherwise(tmp_path: Path) -> None:
@@ -77,10 +81,10 @@ def test_resume_finds_a_run_by_its_study_name_and_lists_the_runs_otherwise(tmp_p
     _sidecar(storage, "mnist-short-20261130-020000", "mnist", "2026-11-30T02:00:00")
     _sidecar(storage, "mnist-short-20261130-030000", "mnist", "2026-11-30T03:00:00")
     (storage / "not-a-study").mkdir()
-    assert runner.find_run_name(str(storage), "smoke") == "smoke-smoke-20261130-010000"
-    assert runner.find_run_name(str(storage), "mnist-short-20261130-020000") == "mnist-short-20261130-020000"
-    with pytest.raises(runner.RunnerError, match="matches several runs") as several:
-        runner.find_run_name(str(storage), "mnist")
+    assert find_run_name(str(storage), "smoke") == "smoke-smoke-20261130-010000"
+    assert find_run_name(str(storage), "mnist-short-20261130-020000") == "mnist-short-20261130-020000"
+    with pytest.raises(RunnerError, match="matches several runs") as several:
+        find_run_name(str(storage), "mnist")
     assert "mnist-short-20261130-030000, mnist-short-20261130-020000" in str(several.value)
 
     result = cli.invoke(app, ["resume", "nosuch", "--storage", str(storage)])

@@ -28,7 +28,10 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UN
 from mlflow.tracking import MlflowClient
 
 from vaelab.studies import load_study
-from vaelab.studies import runner, tune_state
+from vaelab.studies import cluster, runner, tune_state
+from vaelab.studies.faults import KILL_EPOCH_ENV, KILL_MARKER_ENV
+from vaelab.studies.plan import RunnerError
+from vaelab.studies.storage import read_sidecar
 from vaelab.tracking.connection import check_reachable
 from vaelab.tracking.queries import list_trial_runs
 from vaelab.tracking.retry import is_transient, with_retry
@@ -95,8 +98,8 @@ def grid(tmp_path_factory: pytest.TempPathFactory, ray_local: Any, make_study: A
     path = make_study(root, "gridstudy", GRID_BODY)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     marker = root / "killed.marker"
-    os.environ[runner.KILL_EPOCH_ENV] = str(KILL_EPOCH)
-    os.environ[runner.KILL_MARKER_ENV] = str(marker)
+    os.environ[KILL_EPOCH_ENV] = str(KILL_EPOCH)
+    os.environ[KILL_MARKER_ENV] = str(marker)
     lines: list[str] = []
     started = time.monotonic()
     try:
@@ -105,8 +108,8 @@ def grid(tmp_path_factory: pytest.TempPathFactory, ray_local: Any, make_study: A
             report_dir=root / "report", echo=lines.append,
         )
     finally:
-        os.environ.pop(runner.KILL_EPOCH_ENV)
-        os.environ.pop(runner.KILL_MARKER_ENV)
+        os.environ.pop(KILL_EPOCH_ENV)
+        os.environ.pop(KILL_MARKER_ENV)
     return {"root": root, "uri": uri, "result": result, "lines": lines, "marker": marker,
             "seconds": time.monotonic() - started}
 
@@ -202,7 +205,7 @@ def test_grid_study_progress_summary_and_report(grid: dict[str, Any]) -> None:
     if result.report_dir is not None:  # the report module is written by another engineer
         assert (result.report_dir / "trials.parquet").exists()
     # `vaelab resume` finds its study again
-    meta = runner.read_sidecar(result.experiment_path)
+    meta = read_sidecar(result.experiment_path)
     assert meta["parent_run_id"] == result.parent_run_id and meta["study"] == "gridstudy"
     print(f"grid study: {grid['seconds']:.1f} s")
 
@@ -339,21 +342,21 @@ def test_credentials_never_reach_tags() -> None:
 
 
 def test_multi_node_cluster_refuses_local_storage(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(runner, "alive_nodes", lambda: 3)
+    monkeypatch.setattr(cluster, "alive_nodes", lambda: 3)
     sqlite = f"sqlite:///{tmp_path}/m.db"
-    with pytest.raises(runner.RunnerError, match="local path"):
-        runner.check_cluster_storage("auto", str(tmp_path), "http://127.0.0.1:5000", shared_storage=False)
-    with pytest.raises(runner.RunnerError, match="SQLite"):
-        runner.check_cluster_storage("auto", "s3://bucket/x", sqlite, shared_storage=False)
-    runner.check_cluster_storage("auto", "s3://bucket/x", "http://127.0.0.1:5000", shared_storage=False)
-    runner.check_cluster_storage("auto", str(tmp_path), sqlite, shared_storage=True)
-    runner.check_cluster_storage(None, str(tmp_path), sqlite, shared_storage=False)  # local Ray
+    with pytest.raises(RunnerError, match="local path"):
+        cluster.check_cluster_storage("auto", str(tmp_path), "http://127.0.0.1:5000", shared_storage=False)
+    with pytest.raises(RunnerError, match="SQLite"):
+        cluster.check_cluster_storage("auto", "s3://bucket/x", sqlite, shared_storage=False)
+    cluster.check_cluster_storage("auto", "s3://bucket/x", "http://127.0.0.1:5000", shared_storage=False)
+    cluster.check_cluster_storage("auto", str(tmp_path), sqlite, shared_storage=True)
+    cluster.check_cluster_storage(None, str(tmp_path), sqlite, shared_storage=False)  # local Ray
 
 
 def test_existing_run_name_is_refused(tmp_path: Path, write_study: Any, tracking_uri: str) -> None:
     (tmp_path / "ray_results" / "taken").mkdir(parents=True)
     study = load_study(write_study("namestudy", GRID_BODY))
-    with pytest.raises(runner.RunnerError, match="vaelab resume taken"):
+    with pytest.raises(RunnerError, match="vaelab resume taken"):
         runner.run_study(study, storage=str(tmp_path / "ray_results"), tracking_uri=tracking_uri, name="taken")
 
 
@@ -491,5 +494,5 @@ def test_resume_recreates_checkpoints_tune_deleted_after_its_last_saved_state(tm
 
 
 def test_vaelab_resume_of_unknown_name_is_a_clean_error(tmp_path: Path) -> None:
-    with pytest.raises(runner.RunnerError, match="no vaelab study"):
+    with pytest.raises(RunnerError, match="no vaelab study"):
         runner.resume_study("nope", str(tmp_path))

@@ -10,7 +10,7 @@ vaelab's checkpoints record their own epoch, step and RNG state (train.Trainer.s
 any newer checkpoint of the same trial is a valid — and better — starting point: each
 checkpoint the state names but the disk lacks is re-created as a copy of the newest
 checkpoint in that trial's directory. Epochs the lost attempt already logged are not
-logged again (runner._restore). No Ray import; nothing is unpickled: the paths are read
+logged again (trial._restore). No Ray import; nothing is unpickled: the paths are read
 as bytes out of the hex-encoded pickles Tune embeds in the JSON.
 """
 

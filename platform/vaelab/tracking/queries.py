@@ -72,7 +72,6 @@ def finite(value: Any) -> bool:
         return False
 
 
-
 def list_trial_runs(info: StudyRunInfo) -> list[dict[str, Any]]:
     """The child runs of the study run `info`, one row each (see `trial_row`)."""
     client = client_for(info.tracking_uri)

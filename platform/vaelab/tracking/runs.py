@@ -57,6 +57,9 @@ _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAM_LENGTH = 6000
 
 
+# --------------------------------------------------------------------------- experiments
+
+
 def default_artifact_location(tracking_uri: str, experiment_name: str) -> Optional[str]:
     """Artifacts of a SQLite-tracked study live beside the database, not in a trial's cwd."""
     path = sqlite_path(tracking_uri)
