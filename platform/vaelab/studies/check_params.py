@@ -2,7 +2,7 @@
 
 `check_param` returns the value as TrialConfig stores it, or why it is wrong; the
 whole-trial checks (combinations) happen later, in expand.py. Imports pydantic,
-vaelab.config, schema, wording and yaml_source.
+vaelab.config, vaelab.errors, schema, wording and yaml_source.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Called by expand.py with the expanded trials' params; what a table or claim names must
 exist among them, and paper references must name rows of paper_results.csv. Imports
-report.spec, schema, metric_names, wording and yaml_source.
+vaelab.config, vaelab.errors, report.spec, schema, metric_names, wording and yaml_source.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Checks of a search space that need no expansion: params, axes, bundles, excludes.
 
 `check_search_space` returns the space with every value normalised (one spelling of
-each value for expansion and hashing). Imports schema, check_params, wording and
-yaml_source.
+each value for expansion and hashing). Imports vaelab.errors, schema, check_params,
+wording and yaml_source.
 """
 
 from __future__ import annotations

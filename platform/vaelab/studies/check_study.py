@@ -1,7 +1,7 @@
 """Checks of a study that need no expansion: overrides, budgets, seeds, search mode, metric.
 
 `check_study` returns the study with overrides and budgets normalised. Imports
-schema, check_params, metric_names, wording and yaml_source.
+vaelab.errors, schema, check_params, metric_names, wording and yaml_source.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 `structure_errors` turns a study/space file's pydantic errors into SpecErrors with key
 paths; `field_message` / `range_text` word a trial param's error ('depth must be in
-1..5'); `suggest` adds "did you mean". Imports pydantic, schema and yaml_source.
+1..5'); `suggest` adds "did you mean". Imports pydantic, vaelab.errors, schema and
+yaml_source.
 """
 
 from __future__ import annotations
