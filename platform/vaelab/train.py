@@ -67,7 +67,8 @@ def build_model(config: TrialConfig, x_dim: int, likelihood: str, members: int
 
 def init_from(model: HierarchicalVAE, path: str) -> None:
     """Fine-tuning (ICML Table 1): every member starts from one exported model.pt."""
-    saved = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
+    device = next(model.parameters()).device
+    saved = torch.load(path, map_location=device, weights_only=True)
     state = model.state_dict()
     for key, value in saved["state_dict"].items():
         if key not in state or state[key].shape[1:] != value.shape[1:]:
