@@ -2,19 +2,17 @@
 
 Called by expand.py with the expanded trials' params; what a table or claim names must
 exist among them, and paper references must name rows of paper_results.csv. Imports
-vaelab.config, vaelab.errors, report.spec, schema, metric_names, wording and yaml_source.
+vaelab.config, vaelab.errors, report.paper (the published numbers), report.spec, schema, metric_names, wording and yaml_source.
 """
 
 from __future__ import annotations
 
-import csv
-import functools
-import importlib.resources
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from vaelab.config import MAX_DEPTH
 from vaelab.errors import SpecError
+from vaelab.report.paper import paper_results
 from vaelab.report.spec import ClaimSpec, ReportSpec, TableSpec
 from vaelab.studies.metric_names import LAYER_FAMILIES, metric_error
 from vaelab.studies.schema import PARAM_FIELDS, Study, bundle_params, format_scalar
@@ -137,8 +135,8 @@ def _check_paper(table: TableSpec, path: str, trials: list[TrialParams], src: So
     assert ref is not None
     rows = [
         r for r in paper_results()
-        if r["source"] == ref.source and r["table"] == ref.table and r["dataset"] == ref.dataset and r["finetune"] == ref.finetune
-        and (r["metric"] == ref.metric or r["metric"].startswith(ref.metric + "_"))
+        if r.source == ref.source and r.table == ref.table and r.dataset == ref.dataset and r.finetune == ref.finetune
+        and (r.metric == ref.metric or r.metric.startswith(ref.metric + "_"))
     ]
     if not rows:
         wanted = {"source": ref.source, "table": ref.table, "dataset": ref.dataset, "metric": ref.metric, "finetune": ref.finetune}
@@ -148,7 +146,7 @@ def _check_paper(table: TableSpec, path: str, trials: list[TrialParams], src: So
     if trials and ref.dataset not in datasets and "dataset" not in pinned:
         errors.append(src.error(key_join(path, "dataset"), ref.dataset, f"the table's trials train on {', '.join(sorted(datasets))}"))
     labels = {t.variant for t in trials}
-    paper_variants = {r["variant"] for r in rows}
+    paper_variants = {r.variant for r in rows}
     for ours, theirs in getattr(ref, "variant_map", {}).items():
         map_path = key_join(key_join(path, "variant_map"), ours)
         if trials and ours not in labels and "variant" not in pinned:
@@ -156,14 +154,6 @@ def _check_paper(table: TableSpec, path: str, trials: list[TrialParams], src: So
         if theirs not in paper_variants:
             errors.append(src.error(map_path, theirs, f"not a variant of this paper table: {', '.join(sorted(paper_variants))}"))
     return errors
-
-
-@functools.lru_cache(maxsize=1)
-def paper_results() -> tuple[dict[str, str], ...]:
-    """The published numbers shipped with the package (resources/paper_results.csv)."""
-    resource = importlib.resources.files("vaelab") / "resources" / "paper_results.csv"
-    with resource.open("r", encoding="utf-8") as handle:
-        return tuple(csv.DictReader(handle))
 
 
 # ---------------------------------------------------------------------------------
