@@ -171,6 +171,7 @@ BAD_SPECS = [
     ("unknown_top_key", _set("budget", "smoke"), None, STUDY_FILE, "budget", "smoke", "unknown key 'budget'"),
     ("unknown_search_key", _set("search.metrc", "test_elbo"), None, STUDY_FILE, "search.metrc", "test_elbo", "unknown key 'metrc' (did you mean 'metric'?)"),
     ("seeds_wrong_type", _set("seeds", "zero"), None, STUDY_FILE, "seeds", "zero", "valid list"),
+    ("negative_seed", _set("seeds", [-1]), None, STUDY_FILE, "seeds[0]", "-1", "every value of seeds must be >= 0"),
     ("unknown_default_budget", _set("default_budget", "huge"), None, STUDY_FILE, "default_budget", "huge", "unknown budget"),
     ("warmup_fraction_range", _set("budgets.smoke.warmup_fraction", 1.5), None, STUDY_FILE, "budgets.smoke.warmup_fraction", "1.5", "warmup_fraction must be in (0, 1]"),
     ("warmup_fraction_and_epochs", _set("budgets.smoke.warmup_epochs", 3), None, STUDY_FILE, "budgets.smoke.warmup_fraction", "0.2", "not both"),

@@ -56,7 +56,10 @@ def _describe(item: Mapping[str, Any], loc: tuple[Any, ...], model: type[BaseMod
     if bound and loc:
         limit = next(iter(item.get("ctx", {}).values()), "?")
         limit = f"{limit:g}" if isinstance(limit, float) else limit
-        return item.get("input"), f"{loc[-1]} must be {bound} {limit}"
+        # a list item's location ends in its index: name the list, not "0"
+        name = next((seg for seg in reversed(loc) if isinstance(seg, str)), "the value")
+        subject = f"every value of {name}" if isinstance(loc[-1], int) else name
+        return item.get("input"), f"{subject} must be {bound} {limit}"
     message = str(item["msg"]).removeprefix("Value error, ")
     return item.get("input"), message
 
