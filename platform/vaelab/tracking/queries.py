@@ -7,7 +7,6 @@ read.py. Imports mlflow.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
@@ -62,14 +61,6 @@ def find_runs(client: MlflowClient, experiment_id: str, tags: Mapping[str, str],
 
 def _quote(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace("'", "\\'")
-
-
-def finite(value: Any) -> bool:
-    """Whether a metric value is a finite number."""
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
 
 
 def list_trial_runs(info: StudyRunInfo) -> list[dict[str, Any]]:

@@ -46,9 +46,6 @@ from vaelab.tracking.tags import ROLE_STUDY, ROLE_TRIAL, TAG_PARENT, TAG_ROLE, T
 
 STUDY_ARTIFACT = "study.yaml"
 TRIAL_ARTIFACTS = ("unit_kl.json", "latents.npz", "prior_samples.npz")
-# `stopped`: ended early by a Tune scheduler (ASHA); like failed/diverged, not aggregated
-TRIAL_STATUSES = ("finished", "diverged", "failed", "stopped", "running")
-
 ParamKind = Literal["int", "float", "bool", "str", "dims"]
 
 _PAGE_SIZE = 1000

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from vaelab.errors import VaelabError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-# Environment variable names whose values must never be written anywhere.
+# URI query keys whose values must never be written anywhere (?token=..., ?password=...).
 _SECRET_QUERY_KEYS = re.compile(r"(pass|secret|token|key|auth|cred|signature)", re.IGNORECASE)
 
 
