@@ -496,3 +496,14 @@ def test_resume_recreates_checkpoints_tune_deleted_after_its_last_saved_state(tm
 def test_vaelab_resume_of_unknown_name_is_a_clean_error(tmp_path: Path) -> None:
     with pytest.raises(RunnerError, match="no vaelab study"):
         runner.resume_study("nope", str(tmp_path))
+
+
+def test_a_run_started_by_another_vaelab_version_is_refused_in_words(tmp_path: Path) -> None:
+    """Tune pickles the functions it was given by module path; a saved state naming one this
+    version lacks (here a GLOBAL opcode for a function that no longer exists) must end in a
+    RunnerError that says what to do, not an AttributeError traceback."""
+    (tmp_path / "tuner.pkl").write_bytes(b"cvaelab.studies.runner\ntrial_dirname_of_an_old_version\n.")
+    from vaelab.studies.tuner import restored_tuner
+
+    with pytest.raises(RunnerError, match="started by another version of vaelab.*vaelab.git_sha"):
+        restored_tuner(str(tmp_path), {"cpu": 1})

@@ -179,7 +179,6 @@ def resume_study(
 
         if not tune.Tuner.can_restore(experiment_path):
             raise RunnerError(f"{experiment_path} has no Ray Tune experiment state to resume")
-        reopen_study_run(info)
         ended = sum(r["status"] in ("finished", "diverged") for r in list_trial_runs(info))
         echo(f"resuming {name} (study {meta['study']}) from {experiment_path}: {ended} trial run(s) "
              "already ended in MLflow are not rerun")
@@ -188,6 +187,7 @@ def resume_study(
                 echo(f"  {missing.parent.name}: {missing.name} (named by Tune's last saved state, deleted "
                      f"after it) re-created from {source.name}")
         tuner = restored_tuner(experiment_path, meta["resources"])
+        reopen_study_run(info)  # only once Tune's state loads: a refused resume changes nothing
         results, interrupted = _fit(tuner)
         return _conclude(results, info, name, experiment_path, meta.get("metric", "test_ll_iw"),
                          build_report=report, report_dir=report_dir, interrupted=interrupted, echo=echo)

@@ -140,4 +140,14 @@ def restored_tuner(experiment_path: str, resources: Mapping[str, float]):
     """The Tuner of an interrupted study run, from Tune's saved state (errored trials rerun)."""
     from ray import tune
 
-    return tune.Tuner.restore(experiment_path, trainable=_trainable(resources), resume_errored=True)
+    try:
+        return tune.Tuner.restore(experiment_path, trainable=_trainable(resources), resume_errored=True)
+    except (AttributeError, ImportError) as err:
+        # Tune pickles the functions it was given (trial_dirname, the progress callback) by
+        # module path: a run started by another vaelab version may name ones this one lacks
+        raise RunnerError(
+            f"{experiment_path}: Ray Tune's saved state refers to vaelab code this version does "
+            f"not have ({err}); the run was started by another version of vaelab (its git SHA is "
+            "the study run's MLflow tag vaelab.git_sha). Resume it with that version, or start "
+            "the study again with `vaelab run`."
+        ) from None
