@@ -152,10 +152,15 @@ def main() -> None:
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     parser.add_argument("--fast", default="precision=bf16,compile=off",
                         help="the fast path's settings: precision=..,compile=..")
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help=f"comma-separated, of: {', '.join(MODELS)}")
     parser.add_argument("--skip-iw", action="store_true")
     parser.add_argument("--skip-grid", action="store_true")
     parser.add_argument("--quick", action="store_true", help="smaller everything (smoke mode)")
     args = parser.parse_args()
+    unknown = set(args.models.split(",")) - set(MODELS)
+    if unknown:
+        parser.error(f"--models: unknown {', '.join(sorted(unknown))}; choose from {', '.join(MODELS)}")
     args.dataset = "mnist" if args.data_dir else "digits"
     if args.quick:
         args.steps, args.iw_images, args.iw_k, args.iw_k_loop = 5, 100, 100, 20
@@ -172,7 +177,8 @@ def main() -> None:
              "| model | S | eager baseline | vaelab fp32 | vaelab fast path | fast / eager | "
              "ceiling fp32 | ceiling bf16 | % of bf16 ceiling | GFLOP/step | peak MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, model in MODELS.items():
+    for name in args.models.split(","):
+        model = MODELS[name]
         eager = eager_steps_per_s(args, model, data.train_x)
         for s in (int(v) for v in args.cohorts.split(",")):
             plain, peak = vaelab_steps_per_s(args, model, s)
