@@ -24,7 +24,6 @@ MODEL_MATH = {"vaelab.model", "vaelab.objectives", "vaelab.smoothing"}
 # the Ray-runner side of studies/: the only modules that may import ray
 RAY_SIDE = {"vaelab.studies.runner", "vaelab.studies.trial", "vaelab.studies.cluster",
             "vaelab.studies.tuner", "vaelab.studies.tune_state", "vaelab.studies.progress"}
-HEAVY = {"torch", "ray", "mlflow"}
 
 
 def module_name(path: Path) -> str:
@@ -79,8 +78,8 @@ def test_model_math_imports_only_torch(name):
 def test_reports_import_neither_torch_nor_ray(name):
     assert not top(imports_of(name)) & {"torch", "ray"}, name
     reached = {m for m in internal(imports_of(name)) if m in MODULES}
-    assert all(m.startswith(("vaelab.report", "vaelab.tracking.read", "vaelab.tracking.",
-                             "vaelab.errors", "vaelab.config")) for m in reached), (name, reached)
+    assert all(m.startswith(("vaelab.report", "vaelab.tracking.", "vaelab.errors", "vaelab.config"))
+               for m in reached), (name, reached)
 
 
 def test_nothing_imports_the_cli():
@@ -112,7 +111,7 @@ def test_light_entry_points_load_no_heavy_library():
                           cwd=REPO, env={"PYTHONPATH": str(REPO / "platform"), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr[-2000:]
     loaded = set(json.loads(done.stdout.splitlines()[-1]))
-    assert not loaded & {"torch", "ray"}, loaded & HEAVY
+    assert not loaded & {"torch", "ray"}, sorted(loaded & {"torch", "ray"})
 
 
 def test_every_module_has_its_row_in_the_architecture_map():

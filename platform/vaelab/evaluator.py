@@ -77,9 +77,8 @@ class Evaluator:
         test = self._test_elbo(epoch)
         metrics = [self._elbo_metrics(test, s) for s in range(len(self.configs))]
         gaps = self._bf16_gaps(epoch, test) if self.check_bf16 else None
-        for s, m in enumerate(metrics):
-            if gaps is not None:
-                m["bf16_elbo_gap"] = gaps[s]
+        for m, gap in zip(metrics, gaps or []):
+            m["bf16_elbo_gap"] = gap
         if cfg.train_eval_size > 0:
             for m, value in zip(metrics, self._train_elbo(epoch)):
                 m["train_elbo"] = value

@@ -99,10 +99,13 @@ class Trainer:
                                   bf16=self.precision == "bf16")
         self.evaluator = Evaluator(self.model, self.data, configs, self.likelihood,
                                    check_bf16=self.precision == "bf16")
-        self.steps_per_epoch = self.stepper.steps_per_epoch
         self.epoch, self.step, self.wall_time = 0, 0, 0.0
         self.status = ["running"] * self.members
         self.unit_kl_history: list[list[dict]] = [[] for _ in configs]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.stepper.steps_per_epoch
 
     @property
     def bf16(self) -> bool:
