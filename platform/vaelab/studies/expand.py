@@ -38,6 +38,7 @@ from vaelab.studies.schema import (
     Study,
     StudySpec,
     bundle_label,
+    bundle_params,
     format_scalar,
     plain_values,
 )
@@ -79,18 +80,29 @@ def load_study(
 ) -> Study:
     """Load, check and expand-check a study for one budget (default_budget if None).
 
-    `overrides` are extra param values on top of the study's own (e.g. a CLI
-    `--set init_from=...`); they are recorded in the resolved study.
-    Raises SpecErrors listing every problem found.
+    `overrides` are the command line's `--set` values: they win over every layer of
+    the study (`fixed`, `overrides`, the budget), a bundled axis's name with a label or
+    a scalar axis's name pins that axis, and a value that would make two trials
+    identical (a parameter the items of a bundled axis differ in) is refused. They are
+    folded into the resolved study, so it alone rebuilds the same trials.
+    Raises SpecErrors listing every problem found (a --set value's as `--set KEY`).
     """
-    study, errors = _load(Path(path), overrides)
-    if study is None or errors:
-        raise SpecErrors(errors)
-    name = _budget_name(study, budget)
-    study = study.with_budget(name)
-    _, errors = _expand_checked(study, name)
-    if errors:
-        raise SpecErrors(errors)
+    path = Path(path)
+    try:
+        study, errors = _load(path, overrides)
+        if study is None or errors:
+            raise SpecErrors(errors)
+        name = _budget_name(study, budget)
+        study = study.with_budget(name)
+        trials, errors = _expand_checked(study, name)
+        if errors:
+            raise SpecErrors(errors)
+        if overrides and study.search.mode != "optuna":
+            _refuse_identical(path, name, overrides, trials)
+    except SpecErrors as err:
+        if not overrides:
+            raise
+        raise SpecErrors(_blame_command_line(err.errors, str(display_path(path)), overrides)) from None
     return study
 
 
@@ -132,7 +144,7 @@ def _load(path: Path, overrides: Optional[Mapping[str, Any]] = None) -> tuple[Op
     if not isinstance(data, dict):
         return None, [src.error("", type(data).__name__, "a study file is a YAML mapping of keys")]
     if overrides:
-        data = {**data, "overrides": {**(data.get("overrides") or {}), **overrides}}
+        data = _with_command_line(data, overrides)
     try:
         spec = StudySpec.model_validate(data)
     except ValidationError as err:
@@ -150,6 +162,128 @@ def _load(path: Path, overrides: Optional[Mapping[str, Any]] = None) -> tuple[Op
         return None, errors + [src.error("default_budget", None, f"several budgets: say which is the default ({', '.join(spec.budgets)})")]
     study, more = check_study(study)
     return study, errors + more
+
+
+# ---------------------------------------------------------------------------------
+# The command line's --set: the top layer of every trial
+
+COMMAND_LINE = "command line"  # the "file" a --set value's error names
+
+
+def _with_command_line(data: dict[str, Any], sets: Mapping[str, Any]) -> dict[str, Any]:
+    """The study's data with the --set values on top of every layer.
+
+    They join `overrides` (which pins an axis they name) and leave the layers above
+    `overrides` that would hide them: the budgets' same keys (a --set warmup_epochs also
+    a budget's warmup_fraction) and a top-level checkpoint_every. Written this way the
+    resolved study (study.yaml in MLflow) rebuilds the same trials with no --set."""
+    shadowed = set(sets) | ({"warmup_fraction"} if "warmup_epochs" in sets else set())
+    budgets = data.get("budgets")
+    if isinstance(budgets, dict):
+        budgets = {name: ({k: v for k, v in values.items() if k not in shadowed} if isinstance(values, dict) else values)
+                   for name, values in budgets.items()}
+    out = {**data, "overrides": {**(data.get("overrides") or {}), **sets}}
+    if budgets is not None:
+        out["budgets"] = budgets
+    if "checkpoint_every" in sets:
+        out.pop("checkpoint_every", None)
+    return out
+
+
+def _blame_command_line(errors: Sequence[SpecError], study_file: str, sets: Mapping[str, Any]) -> list[SpecError]:
+    """Errors about a --set value name `--set KEY`, not the study's `overrides.KEY` it was
+    folded into (see _with_command_line)."""
+    out = []
+    for error in errors:
+        parts = error.key_path.split(" + ")
+        renamed = [_set_part(part, error.file, study_file, sets) for part in parts]
+        if renamed == parts:
+            out.append(error)
+            continue
+        first_is_set = renamed[0] != parts[0]
+        file = COMMAND_LINE if all(r != p for r, p in zip(renamed, parts)) else error.file
+        out.append(SpecError(file, " + ".join(renamed), error.value, error.message, None if first_is_set else error.line))
+    return out
+
+
+def _set_part(part: str, file: str, study_file: str, sets: Mapping[str, Any]) -> str:
+    match = re.fullmatch(r"overrides\.([A-Za-z0-9_]+)(?: \((.+)\))?", part)
+    if match and match.group(1) in sets and (match.group(2) or file) == study_file:
+        return f"--set {match.group(1)}"
+    return part
+
+
+def _refuse_identical(path: Path, budget: str, sets: Mapping[str, Any], trials: Sequence[TrialSpec]) -> None:
+    """A --set of a parameter the items of a bundled axis differ in (e.g. batch_norm for
+    VAE vs VAE+BN) would train the same model twice under two names: refused."""
+    base, errors = _load(path)
+    if base is None or errors:
+        return
+    before = _identical_groups(_expand(base.with_budget(budget), budget)[0])
+    new = [group for group in _identical_groups(trials) if group not in before]
+    if not new:
+        return
+    bundled = {p for name, axis in base.active_axes().items() if axis.is_bundle for p in bundle_params(axis)}
+    blamed = [k for k in sets if k in bundled] or [k for k in sets if k not in base.search_space.axes]
+    group = new[0]
+    more = f" (and {len(new) - 1} more such group{'s' if len(new) > 2 else ''})" if len(new) > 1 else ""
+    axes = sorted(n for n, a in base.active_axes().items() if a.is_bundle and set(blamed) & bundle_params(a)) or ["AXIS"]
+    value = sets[blamed[0]] if len(blamed) == 1 else {k: sets[k] for k in blamed}
+    raise SpecErrors([SpecError(
+        COMMAND_LINE, " + ".join(f"--set {k}" for k in blamed), value,
+        f"would make trials identical: {' and '.join(group)}{more} would train the same model, because "
+        f"the items of axis {', '.join(axes)} differ in {', '.join(blamed)}; pin one item instead "
+        f"(--set {axes[0]}=LABEL) or change the study",
+    )])
+
+
+def _identical_groups(trials: Sequence[TrialSpec]) -> list[tuple[str, ...]]:
+    """Trial keys of trials whose configs are equal, one tuple per group of two or more."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for trial in trials:
+        groups[json.dumps(trial.config, sort_keys=True, default=str)].append(trial.trial_key)
+    return [tuple(keys) for keys in groups.values() if len(keys) > 1]
+
+
+def command_line_notes(path: PathLike, budget: Optional[str], sets: Mapping[str, Any]) -> list[str]:
+    """One line per --set value: which layer of the study it overrides, or the axis it
+    pins, e.g. "--set epochs=12 overrides budget smoke's epochs=4"."""
+    study, errors = _load(Path(path))
+    if study is None or errors or not sets:
+        return []
+    budget = budget or study.budget
+    return [_note(study, budget, key, value) for key, value in sets.items()]
+
+
+def _note(study: Study, budget: str, key: str, value: Any) -> str:
+    shown = f"--set {key}={format_value(value)}"
+    axis = study.search_space.axes.get(key)
+    if axis is not None and (axis.is_bundle or key in study.active_axes()):
+        values = study.search_space.labels(key) if axis.is_bundle else [format_scalar(v) for v in axis.values]
+        return f"{shown} pins axis {key} (of {', '.join(map(str, values))})"
+    layers = _layers_setting(study, budget, key)
+    if not layers:
+        return f"{shown} sets {key} (default {format_value(param_default(key)) if key in PARAM_FIELDS else '-'})"
+    return f"{shown} overrides {' and '.join(layers)}"
+
+
+def _layers_setting(study: Study, budget: str, key: str) -> list[str]:
+    """What sets `key` in the study, highest layer first, as a user would say it."""
+    found = []
+    values = study.budgets.get(budget, {})
+    if key in values:
+        found.append(f"budget {budget}'s {key}={format_value(values[key])}")
+    if key == "warmup_epochs" and "warmup_fraction" in values:
+        found.append(f"budget {budget}'s warmup_fraction={format_value(values['warmup_fraction'])}")
+    if key == "checkpoint_every" and study.checkpoint_every is not None:
+        found.append(f"the study's checkpoint_every={study.checkpoint_every}")
+    if key in study.overrides:
+        found.append(f"the study's overrides.{key}={format_value(study.overrides[key])}")
+    found += [f"the items of axis {name}" for name, axis in study.active_axes().items()
+              if axis.is_bundle and key in bundle_params(axis)]
+    if key in study.search_space.fixed:
+        found.append(f"search_space.fixed.{key}={format_value(study.search_space.fixed[key])}")
+    return found
 
 
 def _build_study(spec: StudySpec, space: SearchSpaceSpec, src: Source, space_src: Source) -> Optional[Study]:
