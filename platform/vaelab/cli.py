@@ -171,19 +171,22 @@ def run(
     tracking_uri: Optional[str] = TrackingOpt,
     name: Optional[str] = typer.Option(None, "--name", help="Run name (Tune experiment folder) [default: STUDY-BUDGET-TIMESTAMP]"),
     shared_storage: bool = typer.Option(False, "--shared-storage", help="Assert that a local --storage path (and a SQLite tracking file) is on a filesystem every node mounts"),
-    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override trial parameters for every trial: --set key=value [key=value ...]"),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Set a trial parameter for every trial, over the study's fixed, overrides and budget: --set key=value [key=value ...]; an axis's name pins that axis (--set variant=VAE+BN); a parameter the variants differ in is refused"),
     no_report: bool = typer.Option(False, "--no-report", help="Skip the report at the end"),
 ) -> None:
     """Expand the study, run every trial on Ray Tune, log to MLflow, write the report."""
     with user_errors():
         from vaelab.studies import load_study
+        from vaelab.studies.expand import command_line_notes
 
-        loaded = load_study(study, budget, overrides=parse_sets(set_items(set_, ctx)) or None)
+        sets = parse_sets(set_items(set_, ctx))
+        loaded = load_study(study, budget, overrides=sets or None)
         from vaelab.studies.runner import run_study
 
         result = run_study(
             loaded, budget, address=address, storage=storage, tracking_uri=tracking_uri, name=name,
             shared_storage=shared_storage, report=not no_report, echo=_echo,
+            notes=command_line_notes(study, budget, sets),
         )
     _exit_for(result)
 
@@ -260,7 +263,9 @@ def list_studies(
         rows = _recorded_studies(uri)
     if rows:
         typer.echo(f"studies in {_redact(uri)}:")
-        typer.echo(_table(rows, ["study", "run_name", "status", "budget", "trials", "planned", "started"]))
+        # `planned` counts the study's trials; `cohorts`, where a row has it, the Tune trials that train them
+        cohorts = ["cohorts"] if any(r.get("cohorts") for r in rows) else []
+        typer.echo(_table(rows, ["study", "run_name", "status", "budget", "trials", "planned", *cohorts, "started"]))
     else:
         typer.echo(f"no studies recorded in {_redact(uri)}")
     local = _local_studies(ablations)
@@ -299,6 +304,26 @@ def _local_studies(folder: Path) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------- query
 
+
+def _full_run_name(uri: str, study: Optional[str], given: Optional[str]) -> Optional[str]:
+    """The study run `--run` means: a run's name, or a start of one that only one run has
+    (as `vaelab resume`, `report` and `claims` take it). Several or none: a user error
+    listing the runs."""
+    if not given:
+        return given
+    rows = [r for r in _recorded_studies(uri) if study is None or r["study"] == study]
+    names = [r["run_name"] for r in reversed(rows)]  # newest first
+    if given in names or not names:
+        return given
+    matches = [n for n in names if n.startswith(given)]
+    if len(matches) == 1:
+        return matches[0]
+    where = f"study {study}" if study else _redact(uri)
+    if matches:
+        fail(f"--run {given!r} starts several runs of {where}: {', '.join(matches)} (newest first); give more of the name")
+    fail(f"--run {given!r}: no run of {where} is named so or starts so; its runs: {', '.join(names)} "
+         "(newest first; `vaelab ls` lists every study's runs)")
+
 _QUERY_METRICS = ("test_ll_iw", "test_elbo", "train_elbo", "kl_total", "active_units", "epoch", "wall_time_s")
 
 
@@ -306,7 +331,7 @@ _QUERY_METRICS = ("test_ll_iw", "test_elbo", "train_elbo", "kl_total", "active_u
 def query(
     filter_string: Optional[str] = typer.Argument(None, metavar="[FILTER]", help="MLflow search filter, e.g. \"params.inference = 'lvae' and metrics.test_elbo > -90\" (params are strings there: = != LIKE only)"),
     study: Optional[str] = typer.Option(None, "--study", help="Only this study (MLflow experiment)"),
-    run_name: Optional[str] = typer.Option(None, "--run", help="Only this run of the study (a name `vaelab ls` lists)"),
+    run_name: Optional[str] = typer.Option(None, "--run", help="Only this run of a study (a name `vaelab ls` lists, or a unique start of it)"),
     where: Optional[str] = typer.Option(None, "--where", help="Typed filter on params and final metrics, e.g. \"depth > 2 and test_ll_iw > -90\" (pandas query syntax)"),
     fmt: Format = typer.Option(Format.table, "--format", help="table | csv | json | parquet"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write to this file instead of stdout (required for parquet)"),
@@ -317,7 +342,7 @@ def query(
         from vaelab.tracking.queries import search_trial_runs
 
         uri = _tracking_uri(tracking_uri)
-        rows = search_trial_runs(uri, filter_string or "", study, run_name)
+        rows = search_trial_runs(uri, filter_string or "", study, _full_run_name(uri, study, run_name))
     frame = query_frame(rows, wide=fmt is not Format.table, where=where)
     if fmt is Format.parquet:
         if out is None:
@@ -470,7 +495,7 @@ def schema(
 @app.command()
 def report(
     name: str = typer.Argument(..., help="Study name (the MLflow experiment)"),
-    run_name: Optional[str] = typer.Option(None, "--run", help="Which run of the study (a name `vaelab ls` lists) [default: the newest]"),
+    run_name: Optional[str] = typer.Option(None, "--run", help="Which run of the study (a name `vaelab ls` lists, or a unique start of it) [default: the newest]"),
     tracking_uri: Optional[str] = TrackingOpt,
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: reports/NAME/RUN]"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a folder that holds another run's report"),
@@ -489,7 +514,7 @@ def report(
 @app.command()
 def claims(
     name: str = typer.Argument(..., help="Study name (the MLflow experiment)"),
-    run_name: Optional[str] = typer.Option(None, "--run", help="Which run of the study [default: the newest]"),
+    run_name: Optional[str] = typer.Option(None, "--run", help="Which run of the study (a name `vaelab ls` lists, or a unique start of it) [default: the newest]"),
     tracking_uri: Optional[str] = TrackingOpt,
     from_dir: Optional[Path] = typer.Option(None, "--from", help="A report folder: test its trials.parquet instead of reading MLflow"),
     study_file: Optional[Path] = typer.Option(None, "--study-file", help="Take the claims from this study YAML [default: the run's stored study.yaml; with --from, ablations/NAME.yaml]"),
@@ -501,7 +526,7 @@ def claims(
         from vaelab.report.claims import format_claims
 
         if from_dir is not None:
-            study_file = study_file or Path("ablations") / f"{name}.yaml"
+            study_file = study_file or _default_study_file(name, from_dir)
             inputs = None
             trials, origin, stored = inputs_from_folder(from_dir), str(from_dir / "trials.parquet"), {}
         else:
@@ -523,6 +548,16 @@ def claims(
     if strict and result.contradicted:
         typer.echo(f"{len(result.contradicted)} claim(s) contradicted: {', '.join(c.spec.name for c in result.contradicted)}", err=True)
         raise typer.Exit(1)
+
+
+def _default_study_file(name: str, from_dir: Path) -> Path:
+    """A report folder holds no study file: the claims of `--from` come from ablations/NAME.yaml."""
+    path = Path("ablations") / f"{name}.yaml"
+    if not path.is_file():
+        fail(f"claims {name} --from {from_dir}: the claims come from a study file, and {path} does not exist "
+             f"here; name the study's YAML with --study-file PATH, or leave out --from to test the claims "
+             f"of the run's own study.yaml in MLflow")
+    return path
 
 
 def _claims_spec(study_file: Optional[Path], inputs: Any, stored: dict[str, Any]) -> tuple[Any, dict[str, Any], str]:

@@ -68,7 +68,13 @@ class LaunchPlan:
 
     @property
     def n_trials(self) -> int:
+        """Ray Tune trials: one per cohort (or optuna sample)."""
         return self.optuna.num_samples if self.optuna else len(self.cohorts)
+
+    @property
+    def n_members(self) -> int:
+        """The study's trials, each with its own MLflow run: a cohort trains several."""
+        return self.optuna.num_samples if self.optuna else sum(len(c) for c in self.cohorts)
 
 
 def plan_from_study(study: Any, budget: Optional[str] = None) -> LaunchPlan:

@@ -132,7 +132,9 @@ def progress_line(
         eta = "0:00:00"
     else:
         eta = _clock(elapsed / work_done * work_left) if work_done > 0.05 else "?"
-    parts = [f"{done}/{total} done", f"{running} running", f"{failed} failed"]
+    # With cohorts a Tune trial trains several of the study's trials: say which is counted.
+    unit = " cohorts" if any(_cohort_size(t.config) > 1 for t in trials) else ""
+    parts = [f"{done}/{total}{unit} done", f"{running} running", f"{failed} failed"]
     if stopped:
         parts.append(f"{stopped} stopped")
     if diverged:
@@ -140,6 +142,10 @@ def progress_line(
     parts.append(f"best {metric} {best:.4g}" if best is not None else f"best {metric} -")
     parts.append(f"ETA {eta}")
     return f"[vaelab {_clock(elapsed)}] " + " · ".join(parts)
+
+
+def _cohort_size(config: Mapping[str, Any]) -> int:
+    return len(config[COHORT_KEY]["members"]) if COHORT_KEY in config else 1
 
 
 def _trial_epochs(config: Mapping[str, Any]) -> int:
@@ -153,10 +159,14 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def summary_table(rows: Sequence[Mapping[str, Any]], metric: str, max_params: int = 6) -> str:
-    """A plain-text table: trial, variant, the params that vary, final metrics, status."""
+def summary_table(rows: Sequence[Mapping[str, Any]], metric: str, max_params: int = 6,
+                  interrupted: bool = False) -> str:
+    """A plain-text table: trial, variant, the params that vary, final metrics, status.
+
+    `interrupted`: the study was stopped to be resumed; see `shown_statuses`."""
     if not rows:
         return "no trial runs recorded"
+    statuses = shown_statuses(rows, interrupted)
     varying = [k for k in sorted({k for r in rows for k in r["params"]})
                if len({r["params"].get(k) for r in rows}) > 1 and k != "seed"][:max_params]
     metrics = [m for m in (metric, "test_elbo", "test_ll_iw", "active_units") if m]
@@ -167,12 +177,23 @@ def summary_table(rows: Sequence[Mapping[str, Any]], metric: str, max_params: in
         cells = [r["trial_key"], r["variant"] or "-", *(_fmt_param(r["params"].get(k, "")) for k in varying),
                  r["params"].get("seed", "")]
         cells += [_fmt(r["metrics"].get(m)) for m in metrics]
-        cells += [str(int(r["metrics"].get("epoch", 0) or 0)), r["status"]]
+        cells += [str(int(r["metrics"].get("epoch", 0) or 0)), statuses.get(id(r), r["status"])]
         table.append([str(c) for c in cells])
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def shown_statuses(rows: Sequence[Mapping[str, Any]], interrupted: bool) -> dict[int, str]:
+    """id(row) -> the status a stopped study's summary shows for it.
+
+    After a Ctrl-C nothing runs, yet MLflow may say `running` for a member whose process
+    was stopped before it could close its run, while the member beside it in the same
+    cohort was closed as `stopped`. Both wait for `vaelab resume`: both read `interrupted`."""
+    if not interrupted:
+        return {}
+    return {id(r): "interrupted" for r in rows if r["status"] in ("running", "stopped")}
 
 
 def _fmt_param(text: str) -> str:
@@ -190,12 +211,39 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def trial_count(members: int, cohorts: int) -> str:
+    """`11 trials`, or `16 trials in 2 cohorts` when cohorts train several trials each."""
+    noun = "trial" if members == 1 else "trials"
+    if members == cohorts:
+        return f"{members} {noun}"
+    return f"{members} {noun} in {cohorts} cohort{'' if cohorts == 1 else 's'}"
+
+
 def time_line(clock: Sequence[float], rows: Sequence[Mapping[str, Any]]) -> str:
     """Where a study's wall time went: `time 0:02:03 = Ray start 9 s + trials 0:01:31 (26 s
-    of it training and evaluating, summed over trials; ...) + summary and report 21 s`.
+    of it training and evaluating, summed over 4 processes; ...) + summary and report 21 s`.
     `clock`: Ray starting, Ray up, Tune done, end."""
     start, ray_up, tune_done, end = clock
-    trained = sum(float(r["metrics"].get("wall_time_s") or 0.0) for r in rows)
+    seconds = process_seconds(rows)
+    trained = sum(seconds.values())
     return (f"time {_clock(end - start)} = Ray start {ray_up - start:.0f} s + trials {_clock(tune_done - ray_up)} "
-            f"({trained:.0f} s of it training and evaluating, summed over trials; the rest is process "
-            f"start-up, data loading and MLflow) + summary and report {end - tune_done:.0f} s")
+            f"({trained:.0f} s of it training and evaluating, summed over {_processes(len(seconds), len(rows))}; "
+            f"the rest is process start-up, data loading and MLflow) + summary and report {end - tune_done:.0f} s")
+
+
+def process_seconds(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Training and evaluation seconds per process: the members of a cohort train in one
+    process and each logs the cohort's clock, so a cohort counts once (its longest member:
+    a diverged member stops logging early)."""
+    seconds: dict[str, float] = {}
+    for row in rows:
+        key = row.get("cohort") or row.get("run_id") or row["trial_key"]
+        value = float(row["metrics"].get("wall_time_s") or 0.0)
+        seconds[key] = max(seconds.get(key, 0.0), value)
+    return seconds
+
+
+def _processes(count: int, rows: int) -> str:
+    if count == rows:
+        return f"{rows} trial{'' if rows == 1 else 's'}"
+    return f"{count} cohort{'' if count == 1 else 's'} of {rows} trials"

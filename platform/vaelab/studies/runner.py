@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from vaelab.studies import tune_state
 from vaelab.studies.cluster import (
@@ -38,7 +38,7 @@ from vaelab.studies.plan import (
     plan_from_study,
     with_absolute_paths,
 )
-from vaelab.studies.progress import summary_table, time_line
+from vaelab.studies.progress import summary_table, time_line, trial_count
 from vaelab.studies.storage import (
     find_run_name,
     is_remote_storage,
@@ -95,8 +95,11 @@ def run_study(
     report: bool = True,
     report_dir: Optional[Path] = None,
     echo: Callable[[str], None] = print,
+    notes: Sequence[str] = (),
 ) -> StudyResult:
-    """Run every trial of `study` (a Study from vaelab.studies, or a LaunchPlan) on Ray Tune."""
+    """Run every trial of `study` (a Study from vaelab.studies, or a LaunchPlan) on Ray Tune.
+
+    `notes` are printed under the header (what the command line's --set overrode)."""
     plan = study if isinstance(study, LaunchPlan) else plan_from_study(study, budget)
     if plan.n_trials == 0:
         raise RunnerError(f"study {plan.study!r} has no trials to run")
@@ -125,12 +128,15 @@ def run_study(
             study_yaml=plan.study_yaml, repo_dir=plan.source_dir,
             tags={"vaelab.storage": redact_uri(experiment_path),
                   "vaelab.search": "optuna" if plan.optuna else "grid",
-                  "vaelab.trials_planned": str(plan.n_trials)},
+                  "vaelab.trials_planned": str(plan.n_members),
+                  "vaelab.cohorts_planned": str(plan.n_trials)},
         )
         ctx = _context(plan, info, run_name, uri, cwd)
         write_sidecar(experiment_path, _sidecar(plan, info, run_name, uri))
-        echo(f"study {plan.study} · budget {plan.budget or '-'} · {plan.n_trials} trials · "
+        echo(f"study {plan.study} · budget {plan.budget or '-'} · {trial_count(plan.n_members, plan.n_trials)} · "
              f"run {run_name} · storage {experiment_path} · tracking {redact_uri(uri)}")
+        for note in notes:
+            echo(f"  {note}")
         tuner = new_tuner(plan, ctx, run_name, storage_uri, progress)
         results, interrupted = _fit(tuner)
         clock.append(time.monotonic())
@@ -169,6 +175,9 @@ def resume_study(
     uri = check_reachable(uri)
     report_dir = report_dir or report_dir_for(Path.cwd(), meta["study"], name)
     info = StudyRunInfo(uri, meta["experiment_id"], meta["parent_run_id"], meta["study"])
+    rows = list_trial_runs(info)
+    if _all_ended(meta, rows):  # before the data checks and Ray: there is nothing to train
+        return _nothing_to_resume(meta, info, name, experiment_path, rows, report_dir, echo)
     if address in (None, "", "local"):  # the same pre-flight check as `vaelab run`
         check_dataset_pairs(_resume_datasets(meta, info))
     leave_job_working_directory()
@@ -179,7 +188,7 @@ def resume_study(
 
         if not tune.Tuner.can_restore(experiment_path):
             raise RunnerError(f"{experiment_path} has no Ray Tune experiment state to resume")
-        ended = sum(r["status"] in ("finished", "diverged") for r in list_trial_runs(info))
+        ended = sum(r["status"] in ("finished", "diverged") for r in rows)
         echo(f"resuming {name} (study {meta['study']}) from {experiment_path}: {ended} trial run(s) "
              "already ended in MLflow are not rerun")
         if not is_remote_storage(experiment_path):
@@ -194,6 +203,33 @@ def resume_study(
     finally:
         if started:
             shutdown_ray()
+
+
+def _all_ended(meta: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Every planned trial's MLflow run ended with a result (finished or diverged): a
+    resume would train nothing. Failed trials are retried by a resume, and a cohort that
+    never started has no runs, so the runs are counted against the plan: Tune trials
+    (cohorts) by their `cohort` tag, and trials where the sidecar records them."""
+    if not rows or any(r["status"] not in ("finished", "diverged") for r in rows):
+        return False
+    cohorts = {r.get("cohort") or r["trial_id"] for r in rows}
+    return len(cohorts) >= int(meta.get("n_trials") or 0) and len(rows) >= int(meta.get("n_members") or 0)
+
+
+def _nothing_to_resume(
+    meta: Mapping[str, Any], info: StudyRunInfo, name: str, experiment_path: str,
+    rows: Sequence[Mapping[str, Any]], report_dir: Path, echo: Callable[[str], None],
+) -> StudyResult:
+    counts = _count(rows)
+    ended = ", ".join(f"{counts[s]} {s}" for s in ("finished", "diverged") if counts.get(s))
+    report = f"its report is {report_dir}" if (report_dir / "index.html").exists() else "it has no report yet"
+    echo(f"nothing to resume: every trial of study run {name} (study {meta['study']}) has ended in MLflow "
+         f"({ended}); {report}. Regenerate a report with `vaelab report {meta['study']} --run {name}`.")
+    return StudyResult(
+        name=name, study=info.study, parent_run_id=info.parent_run_id, experiment_path=experiment_path,
+        tracking_uri=redact_uri(info.tracking_uri), trials=list(rows), counts=counts,
+        report_dir=report_dir if (report_dir / "index.html").exists() else None,
+    )
 
 
 def _fit(tuner: Any) -> tuple[Any, bool]:
@@ -254,7 +290,7 @@ def _conclude(
     finish_study_run(
         info, status, {f"vaelab.trials_{k}": str(v) for k, v in counts.items()}
     )
-    echo(summary_table(rows, plan_metric))
+    echo(summary_table(rows, plan_metric, interrupted=interrupted))
     out = None
     if build_report and rows:
         out = _build_report(info, name, report_dir, echo)
@@ -347,6 +383,7 @@ def _sidecar(plan: LaunchPlan, info: StudyRunInfo, run_name: str, uri: str) -> d
         "metric": plan.metric,
         "mode": plan.mode,
         "n_trials": plan.n_trials,
+        "n_members": plan.n_members,
         "datasets": plan_datasets(plan),  # `vaelab resume` checks them before Ray starts
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
