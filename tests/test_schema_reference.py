@@ -1,6 +1,6 @@
-"""The study-file schema lives in the repo and cannot drift (issue 14 points 7, 12):
-docs/study-schema.md and docs/study.schema.json equal what the models generate, every
-bundled study passes the JSON Schema, and `vaelab validate` says how many trials each
+"""The study-file schema lives in the repo and cannot drift: docs/study-schema.md and
+docs/study.schema.json equal what the models generate (the `report:` section included),
+every bundled study passes the JSON Schema, and `vaelab validate` says how many trials each
 budget has, which are identical, and how to write an axis.
 """
 
@@ -36,6 +36,21 @@ def test_reference_lists_every_trial_parameter_with_its_default() -> None:
         assert f"| `{name}` |" in text, name
     assert "| `depth` | int | 5 | >= 1, <= 5 |" in text
     assert all(f"| `{kind}` |" in text for kind in ("grid", "choice", "uniform", "loguniform", "randint"))
+
+
+def test_reference_has_every_report_key_with_an_example_and_every_figure() -> None:
+    from vaelab.report.spec import ClaimSpec, PaperRef, ReportSpec, TableSpec
+
+    text = reference.markdown_reference()
+    section = text[text.index("## The report section"):]
+    parts = {part.split("\n", 1)[0]: part for part in section.split("### ")[1:]}
+    for title, model in (("report", ReportSpec), ("report.tables[]", TableSpec),
+                         ("report.tables.paper", PaperRef), ("report.claims[]", ClaimSpec)):
+        for key in model.model_fields:
+            row = next(line for line in parts[title].splitlines() if line.startswith(f"| `{key}` |"))
+            assert row.rstrip(" |").endswith("`") and f"`{key}: " in row, row  # the example sets that key
+    assert "| `kl_vs_rho` |" in section and "```yaml\nreport:\n" in section
+    assert "platform/vaelab/report/spec.py" not in text
 
 
 def test_every_bundled_study_passes_the_json_schema_and_a_typo_does_not() -> None:
