@@ -324,3 +324,108 @@ def test_importance_of_a_sampled_study_ranks_the_planted_param_first(tmp_path: P
     path = tmp_path / "pc.png"
     parallel_coordinates(trials, drivers).savefig(path)
     assert path.stat().st_size > 10_000
+
+
+# --------------------------------------------------------------------------- edges of the tests
+
+
+def _pair_frame(a: dict[int, float | None], b: dict[int, float | None], extra: str = "") -> pd.DataFrame:
+    """Models A and B by seed; None: the trial failed. `extra` adds a model C whose seed 0 failed."""
+    rows = [{"trial_id": f"{label}-s{seed}", "status": "failed" if value is None else "finished", "label": label,
+             "variant": label, "seed": seed, "depth": 1, "test_ll_iw": np.nan if value is None else value}
+            for label, side in (("A", a), ("B", b)) for seed, value in side.items()]
+    if extra:
+        rows.append({"trial_id": "C-s0", "status": "failed", "label": "C", "variant": "C", "seed": 0, "depth": 1,
+                     "test_ll_iw": np.nan})
+    return pd.DataFrame(rows)
+
+
+def test_a_cell_without_spread_gets_the_exact_sign_flip_p_not_zero() -> None:
+    from scipy import stats
+
+    spread = evaluate_claim(_spec(), _pair_frame({0: 13.0, 1: 14.0}, {0: 10.0, 1: 10.0}), 0.05).comparisons[0]
+    assert spread.p == pytest.approx(stats.ttest_rel([13.0, 14.0], [10.0, 10.0]).pvalue) and spread.p > 0.05
+    steady = evaluate_claim(_spec(), _pair_frame({0: 13.0, 1: 13.0}, {0: 10.0, 1: 10.0}), 0.05).comparisons[0]
+    assert steady.p == 0.5 and steady.verdict == "inconclusive"  # 2 of the 2² sign flips reach +3: not p = 0
+    assert "no spread: all 2 paired differences equal +3.00" in steady.reason and "2/2^2" in steady.reason
+    six = evaluate_claim(_spec(), _pair_frame(dict.fromkeys(range(6), 13.0), dict.fromkeys(range(6), 10.0)), 0.05)
+    assert six.comparisons[0].p == pytest.approx(2 / 2**6) and six.verdict == "holds"
+    welch = evaluate_claim(_spec(), _pair_frame({0: 13.0, 1: 13.0}, {5: 10.0, 6: 10.0}), 0.05).comparisons[0]
+    assert welch.paired is False and welch.p == pytest.approx(2 / 6)  # 2 of C(4, 2) relabellings
+    assert "exact permutation p 2/C(4, 2)" in welch.reason
+
+
+def test_one_failed_trial_keeps_the_cell_paired_on_the_shared_seeds() -> None:
+    from scipy import stats
+
+    a = {0: 1.0, 1: 2.1, 2: 2.9, 3: 4.2, 4: None}
+    b = {0: 0.1, 1: 1.0, 2: 2.2, 3: 3.0, 4: 3.5}
+    result = evaluate_claim(_spec(), _pair_frame(a, b), 0.05)
+    c = result.comparisons[0]
+    shared = [0, 1, 2, 3]
+    assert c.paired is True and (c.n_a, c.n_b) == (4, 4)
+    assert c.p == pytest.approx(stats.ttest_rel([a[s] for s in shared], [b[s] for s in shared]).pvalue)
+    assert c.p < stats.ttest_ind([a[s] for s in shared], list(b.values()), equal_var=False).pvalue  # Welch's cost
+    assert result.left_out == [
+        "1 trial(s) failed, not tested: A-s4",
+        "all trials vs B: paired on the 4 seeds both sides share; 1 trial(s) without a partner, not tested: B-s4 (seed 4)",
+    ]
+
+
+def test_left_out_names_only_the_trials_of_the_claims_own_cells() -> None:
+    frame = _pair_frame({0: 1.0, 1: 2.0, 2: 3.5}, {0: 0.5, 1: 1.0, 2: 2.0}, extra="C")
+    assert evaluate_claim(_spec(), frame, 0.05).left_out == []  # C's failed trial is no side of A > B
+    every_other = evaluate_claim(_spec().model_copy(update={"b": []}), frame, 0.05)
+    assert every_other.left_out == ["1 trial(s) failed, not tested: C-s0"]
+
+
+# --------------------------------------------------------------------------- seeds that would decide it
+
+
+# the last: an effect seven sds wide, where scipy's noncentral t gives NaN and power.py integrates
+@pytest.mark.parametrize(("effect", "sd", "alpha"), [(0.5, 0.8, 0.05), (1.2, 1.0, 0.05), (0.3, 0.25, 0.01), (0.475, 0.0685, 0.05)])
+def test_seeds_needed_gives_80_percent_power_in_simulation(effect: float, sd: float, alpha: float) -> None:
+    from scipy import stats
+
+    from vaelab.report.power import one_sample_power, seeds_advice
+
+    n = seeds_advice(effect, (sd,), 2, alpha, permutation=False).needed
+    assert n is not None and one_sample_power(effect, sd, n, alpha) >= 0.8 > one_sample_power(effect, sd, n - 1, alpha)
+    draws = 4000
+    diffs = np.random.default_rng(20240611).normal(effect, sd, (draws, n))
+    simulated = float((stats.ttest_1samp(diffs, 0.0, axis=1).pvalue < alpha).mean())
+    se = (0.8 * 0.2 / draws) ** 0.5  # 0.0063
+    assert abs(simulated - one_sample_power(effect, sd, n, alpha)) < 3 * se, (n, simulated)
+    assert simulated > 0.8 - 3 * se, (n, simulated)
+
+
+def test_welch_seeds_needed_gives_80_percent_power_in_simulation() -> None:
+    from scipy import stats
+
+    from vaelab.report.power import seeds_advice, welch_power
+
+    effect, sd_a, sd_b, alpha = 1.0, 0.6, 1.1, 0.05
+    n = seeds_advice(effect, (sd_a, sd_b), 2, alpha, permutation=False).needed
+    assert n is not None and welch_power(effect, sd_a, sd_b, n, alpha) >= 0.8 > welch_power(effect, sd_a, sd_b, n - 1, alpha)
+    rng = np.random.default_rng(11)
+    a, b = rng.normal(effect, sd_a, (4000, n)), rng.normal(0.0, sd_b, (4000, n))
+    simulated = float((stats.ttest_ind(a, b, axis=1, equal_var=False).pvalue < alpha).mean())
+    assert abs(simulated - welch_power(effect, sd_a, sd_b, n, alpha)) < 3 * (0.16 / 4000) ** 0.5, (n, simulated)
+
+
+def test_an_inconclusive_cell_says_how_many_seeds_would_decide_it() -> None:
+    frame = _pair_frame({0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.7, 1: 2.1, 2: 2.4})
+    c = evaluate_claim(_spec(), frame, 0.05).comparisons[0]
+    diffs = np.array([0.3, -0.1, 0.6])
+    from vaelab.report.power import one_sample_power
+
+    assert c.verdict == "inconclusive" and c.seeds.needed is not None and c.seeds.needed > 3
+    assert one_sample_power(diffs.mean(), diffs.std(ddof=1), c.seeds.needed, 0.05) >= 0.8
+    assert c.seeds.text.startswith(f"{c.seeds.needed} seeds give 80% power at α=0.05")
+    tiny = evaluate_claim(_spec(), _pair_frame({0: 1.01, 1: 1.98, 2: 3.02}, {0: 1.0, 1: 2.0, 2: 3.0}), 0.05)
+    assert tiny.comparisons[0].seeds.needed is None and tiny.comparisons[0].seeds.short == "> 100"
+    assert "too small to matter" in tiny.comparisons[0].seeds.text
+    steady = evaluate_claim(_spec(), _pair_frame({0: 13.0, 1: 13.0}, {0: 10.0, 1: 10.0}), 0.05).comparisons[0]
+    assert steady.seeds.needed == 6  # the first n whose sign-flip floor 2/2ⁿ is below α
+    held = evaluate_claim(_spec(), _pair_frame(dict.fromkeys(range(6), 13.0), dict.fromkeys(range(6), 10.0)), 0.05)
+    assert held.comparisons[0].seeds.needed is None and held.comparisons[0].seeds.text == ""

@@ -4,13 +4,20 @@ A claim (`report.spec.ClaimSpec`) is split into comparisons, one per cell (value
 `per`) and, in the compare form, per level of `b`:
 
 - effect = mean(a) − mean(b), or mean − threshold in the threshold form;
-- paired by seed when both sides hold the same seeds once each (differences a_s − b_s),
-  otherwise unpaired (Welch); the threshold form is a one-sample test;
+- paired by seed on the seeds both sides share, each once per side (differences
+  a_s − b_s), when that is every seed of both or at least two: a trial whose seed has no
+  partner on the other side (its partner failed, say) is named in `left_out` rather than
+  turning the whole cell into an unpaired test. Otherwise unpaired (Welch); the threshold
+  form is a one-sample test;
 - `test: t` — two-sided t-test (`scipy.stats.ttest_1samp` on the paired differences,
   `ttest_ind(equal_var=False)`, `ttest_1samp` against the threshold);
   `test: permutation` — exact two-sided permutation test (`scipy.stats.permutation_test`
   with every sign flip / relabelling enumerated). The confidence interval is always the
   (1 − α) t-interval of the effect (`TtestResult.confidence_interval`);
+- a cell without spread (every difference, or every value − threshold, equal; or each
+  side of an unpaired cell one value) has no t statistic — integer metrics such as active
+  units do this. Its p is then the exact permutation p, which needs no variance: 2/2ⁿ for
+  n sign flips, 1 or 2 over C(n_a + n_b, n_a) relabellings; the reason says so;
 - a comparison holds when p < α and the effect has the claimed sign, is contradicted
   when p < α with the opposite sign, and is inconclusive otherwise. With one seed on a
   side it is "inconclusive (one seed)" before any test is run; when the exact test cannot
@@ -23,8 +30,12 @@ Cells combine (`combine`):
 - any: holds when some comparison holds after Holm; contradicted when every comparison
   is contradicted (intersection-union).
 
-Only finished trials with a finite metric are used; the rest are named in `left_out`.
-Imports pandas, numpy and scipy only.
+An inconclusive comparison says how many seeds would give its test 80 % power at α for
+the effect and spread observed, or that none would (report/power.py).
+
+Only finished trials with a finite metric are used; the unused trials of the compared
+sides are named in `left_out` (trials of cells or levels the claim does not compare are
+not its business). Imports pandas, numpy and scipy only.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ import pyarrow as pa
 from scipy import stats
 
 from vaelab.report import order
+from vaelab.report.power import SeedsAdvice, seeds_advice
 from vaelab.report.spec import ClaimSpec, Level
 from vaelab.report.tables import axis_column, matches, plain
 
@@ -61,6 +73,7 @@ _SCHEMA = pa.schema(
         ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("confidence", pa.float64()),
         ("p", pa.float64()), ("p_holm", pa.float64()), ("alpha", pa.float64()),
         ("verdict", pa.string()), ("reason", pa.string()),
+        ("seeds_needed", pa.int64()), ("seeds_advice", pa.string()),
         ("claim_verdict", pa.string()), ("combine", pa.string()),
     ]
 )
@@ -85,6 +98,7 @@ class Comparison:
     reason: str
     method: str
     p_holm: Optional[float] = None
+    seeds: SeedsAdvice = SeedsAdvice()  # inconclusive only: seeds for 80 % power, or why none would do
 
     @property
     def n(self) -> int:
@@ -127,16 +141,18 @@ def evaluate_claim(spec: ClaimSpec, trials: pd.DataFrame, alpha: float) -> Claim
     if problems:
         return ClaimResult(spec, alpha, [], INCONCLUSIVE, "; ".join(problems), problems)
     subset = trials[_where_mask(spec.where, trials)]
-    left_out = _left_out(spec, subset)
+    compared: list[pd.DataFrame] = []  # the trials of every side a test looked at
+    notes: list[str] = []
     comparisons: list[Comparison] = []
     for cell_name, cell in _cells(spec, subset):
         if spec.threshold is not None:
+            compared.append(cell)
             comparisons.append(_threshold_comparison(spec, cell_name, cell, alpha))
         else:
-            comparisons += _level_comparisons(spec, cell_name, cell, subset, alpha, left_out)
+            comparisons += _level_comparisons(spec, cell_name, cell, subset, alpha, notes, compared)
     comparisons = _with_holm(comparisons)
     verdict, why = _combine(spec, comparisons, alpha)
-    return ClaimResult(spec, alpha, comparisons, verdict, why, left_out)
+    return ClaimResult(spec, alpha, comparisons, verdict, why, _left_out(spec, compared) + notes)
 
 
 def _frame_problems(spec: ClaimSpec, trials: pd.DataFrame) -> list[str]:
@@ -162,8 +178,13 @@ def _usable(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     return frame[(frame["status"] == "finished") & np.isfinite(values)]
 
 
-def _left_out(spec: ClaimSpec, subset: pd.DataFrame) -> list[str]:
-    unused = subset.drop(index=_usable(subset, spec.metric).index)
+def _left_out(spec: ClaimSpec, compared: list[pd.DataFrame]) -> list[str]:
+    """The compared sides' trials no test could use, one line per status."""
+    if not compared:
+        return []
+    own = pd.concat(compared)
+    own = own[~own.index.duplicated()]  # side a is compared with every b
+    unused = own.drop(index=_usable(own, spec.metric).index)
     notes = []
     for status, group in unused.groupby("status", sort=True):
         ids = sorted(group["trial_id"].astype(str), key=order.natural_key)
@@ -183,15 +204,17 @@ def _cells(spec: ClaimSpec, subset: pd.DataFrame) -> list[tuple[str, pd.DataFram
     return [(f"{spec.per}={order.display(v)}", subset[column.map(lambda x, v=v: matches(x, v))]) for v in values]
 
 
-def _by_seed(frame: pd.DataFrame, metric: str) -> pd.Series:
-    """Finished values indexed by seed (the seed index may repeat when cells pool trials)."""
+def _values(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Usable values with their seed (None when unknown) and trial id."""
     usable = _usable(frame, metric)
-    seeds = usable["seed"] if "seed" in usable else pd.Series(range(len(usable)), index=usable.index)
-    return pd.Series(usable[metric].astype(float).to_numpy(), index=seeds.to_numpy())
+    seeds = usable["seed"].map(plain) if "seed" in usable else pd.Series(None, index=usable.index, dtype=object)
+    return pd.DataFrame({"seed": seeds.astype(object), "value": usable[metric].astype(float),
+                         "trial_id": usable["trial_id"].astype(str)}, index=usable.index)
 
 
 def _level_comparisons(
-    spec: ClaimSpec, cell_name: str, cell: pd.DataFrame, subset: pd.DataFrame, alpha: float, left_out: list[str]
+    spec: ClaimSpec, cell_name: str, cell: pd.DataFrame, subset: pd.DataFrame, alpha: float,
+    notes: list[str], compared: list[pd.DataFrame],
 ) -> list[Comparison]:
     column = axis_column(spec.axis)
     levels = cell[column].map(plain)
@@ -203,48 +226,78 @@ def _level_comparisons(
         if side_a.empty or side_b.empty:
             # the grid has no such model here (e.g. a 1-layer ladder): not a failed test
             missing = order.display(spec.a) if side_a.empty else order.display(b)
-            left_out.append(f"{cell_name}: no trial of {spec.axis}={missing}, {order.display(b)} not compared")
+            notes.append(f"{cell_name}: no trial of {spec.axis}={missing}, {order.display(b)} not compared")
             continue
-        a_values, b_values = _by_seed(side_a, spec.metric), _by_seed(side_b, spec.metric)
-        empty = _empty_reason(side_a if a_values.empty else side_b, spec.metric)
-        comparisons.append(_compare(spec, cell_name, order.display(b), a_values, b_values, alpha, empty))
+        compared += [side_a, side_b]
+        comparisons.append(_compare(spec, cell_name, order.display(b), side_a, side_b, alpha, notes))
     return comparisons
 
 
-def _paired(a: pd.Series, b: pd.Series) -> bool:
-    """Same seeds on both sides, each once: the difference a_s − b_s removes the seed's share."""
-    return a.index.is_unique and b.index.is_unique and len(a) >= 1 and set(a.index) == set(b.index)
+def _shared_seeds(a: pd.DataFrame, b: pd.DataFrame) -> Optional[list[Any]]:
+    """The seeds to pair on — on both sides, once on each; every seed or at least two — or None.
+
+    A seed's difference a_s − b_s removes what the seed adds to both models; a seed present
+    on one side only (its partner failed) is left out rather than unpairing the cell."""
+    seeds_a, seeds_b = list(a["seed"]), list(b["seed"])
+    if None in seeds_a + seeds_b or len(set(seeds_a)) < len(seeds_a) or len(set(seeds_b)) < len(seeds_b):
+        return None  # no seeds, or a cell that pools trials of several models per seed
+    shared = sorted(set(seeds_a) & set(seeds_b))
+    if (shared and set(seeds_a) == set(seeds_b)) or len(shared) >= 2:
+        return shared
+    return None
+
+
+def _partnerless_note(cell: str, b_name: str, a: pd.DataFrame, b: pd.DataFrame, shared: list[Any]) -> str:
+    """'' when every seed has its pair, else which trials the paired test left out."""
+    alone = pd.concat([a, b])
+    alone = alone[~alone["seed"].isin(shared)]
+    if alone.empty:
+        return ""
+    ids = sorted(zip(alone["trial_id"], alone["seed"]), key=lambda ts: order.natural_key(ts[0]))
+    named = ", ".join(f"{trial} (seed {seed})" for trial, seed in ids)
+    return (f"{cell} vs {b_name}: paired on the {len(shared)} seeds both sides share; "
+            f"{len(ids)} trial(s) without a partner, not tested: {named}")
 
 
 def _compare(
-    spec: ClaimSpec, cell: str, b_name: str, a: pd.Series, b: pd.Series, alpha: float, empty: str
+    spec: ClaimSpec, cell: str, b_name: str, side_a: pd.DataFrame, side_b: pd.DataFrame, alpha: float,
+    notes: list[str],
 ) -> Comparison:
-    paired = _paired(a, b)
-    method = METHODS[(spec.test, paired)]
-    base = dict(cell=cell, a=order.display(spec.a), b=b_name, paired=paired, method=method)
-    mean_a = float(a.mean()) if len(a) else None
-    mean_b = float(b.mean()) if len(b) else None
-    n_a, n_b = len(a), len(b)
+    a, b = _values(side_a, spec.metric), _values(side_b, spec.metric)
+    empty = _empty_reason(side_a if a.empty else side_b, spec.metric)
+    shared = _shared_seeds(a, b)
+    if shared is not None:
+        notes += [note] if (note := _partnerless_note(cell, b_name, a, b, shared)) else []
+        a = a[a["seed"].isin(shared)].sort_values("seed")
+        b = b[b["seed"].isin(shared)].sort_values("seed")
+    paired = shared is not None
+    values_a, values_b = a["value"].to_numpy(), b["value"].to_numpy()
+    base = dict(cell=cell, a=order.display(spec.a), b=b_name, paired=paired, method=METHODS[(spec.test, paired)],
+                n_a=len(values_a), n_b=len(values_b))
+    mean_a = float(values_a.mean()) if len(values_a) else None
+    mean_b = float(values_b.mean()) if len(values_b) else None
     effect = mean_a - mean_b if mean_a is not None and mean_b is not None else None
-    short = _too_few(min(n_a, n_b), empty)
+    n = min(len(values_a), len(values_b))
+    short = _too_few(n, empty)
     if short:
-        return Comparison(n_a=n_a, n_b=n_b, mean_a=mean_a, mean_b=mean_b, effect=effect, ci=(None, None),
-                          p=None, verdict=INCONCLUSIVE, reason=short, **base)
+        return Comparison(mean_a=mean_a, mean_b=mean_b, effect=effect, ci=(None, None), p=None,
+                          verdict=INCONCLUSIVE, reason=short, seeds=_short_advice(n), **base)
     if paired:
-        diffs = (a.sort_index() - b.sort_index()).to_numpy()
-        p, ci = _one_sample(diffs, spec.test, alpha)
-        floor = 2.0 / 2 ** len(diffs)
+        diffs = values_a - values_b
+        p, ci, note = _one_sample(diffs, spec.test, alpha, "paired differences")
+        floor, sds = 2.0 / 2**n, (_spread(diffs),)
     else:
-        p, ci = _two_sample(a.to_numpy(), b.to_numpy(), spec.test, alpha)
-        floor = 2.0 / math.comb(n_a + n_b, n_a)
-    verdict, reason = _verdict(spec, effect, p, alpha, floor if spec.test == "permutation" else 0.0, min(n_a, n_b))
-    return Comparison(n_a=n_a, n_b=n_b, mean_a=mean_a, mean_b=mean_b, effect=effect, ci=ci,
-                      p=p, verdict=verdict, reason=reason, **base)
+        p, ci, note = _two_sample(values_a, values_b, spec.test, alpha)
+        floor, sds = 2.0 / math.comb(len(values_a) + len(values_b), len(values_a)), (_spread(values_a), _spread(values_b))
+    verdict, reason = _verdict(spec, effect, p, alpha, floor if spec.test == "permutation" else 0.0, n)
+    advice = _advice(spec, verdict, effect, sds, n, alpha)
+    return Comparison(mean_a=mean_a, mean_b=mean_b, effect=effect, ci=ci, p=p, verdict=verdict,
+                      reason=_with_note(reason, note), seeds=advice, **base)
 
 
 def _threshold_comparison(spec: ClaimSpec, cell_name: str, cell: pd.DataFrame, alpha: float) -> Comparison:
     assert spec.threshold is not None
-    values = _by_seed(cell, spec.metric).to_numpy()
+    values = _values(cell, spec.metric)["value"].to_numpy()
     mean = float(values.mean()) if len(values) else None
     effect = mean - spec.threshold if mean is not None else None
     base = dict(cell=cell_name, a=spec.metric, b=f"threshold {order.display(spec.threshold)}", paired=None,
@@ -252,11 +305,14 @@ def _threshold_comparison(spec: ClaimSpec, cell_name: str, cell: pd.DataFrame, a
                 method=METHODS[(spec.test, None)])
     short = _too_few(len(values), _empty_reason(cell, spec.metric))
     if short:
-        return Comparison(ci=(None, None), p=None, verdict=INCONCLUSIVE, reason=short, **base)
-    p, (low, high) = _one_sample(values - spec.threshold, spec.test, alpha)
+        return Comparison(ci=(None, None), p=None, verdict=INCONCLUSIVE, reason=short,
+                          seeds=_short_advice(len(values)), **base)
+    excess = values - spec.threshold
+    p, (low, high), note = _one_sample(excess, spec.test, alpha, "values − threshold")
     floor = 2.0 / 2 ** len(values) if spec.test == "permutation" else 0.0
     verdict, reason = _verdict(spec, effect, p, alpha, floor, len(values))
-    return Comparison(ci=(low, high), p=p, verdict=verdict, reason=reason, **base)
+    advice = _advice(spec, verdict, effect, (_spread(excess),), len(values), alpha)
+    return Comparison(ci=(low, high), p=p, verdict=verdict, reason=_with_note(reason, note), seeds=advice, **base)
 
 
 def _too_few(n: int, empty: str) -> str:
@@ -271,41 +327,88 @@ def _empty_reason(side: pd.DataFrame, metric: str) -> str:
     return f"no finite {metric} ({finished} finished trial(s) without one)" if finished else "no finished trial"
 
 
+def _with_note(reason: str, note: str) -> str:
+    return f"{reason}; {note}" if note else reason
+
+
+# --------------------------------------------------------------------------- seeds needed
+
+
+def _spread(x: np.ndarray) -> float:
+    """Sample sd (ddof=1), exactly 0 for a side the tests treat as without spread."""
+    return 0.0 if _no_spread(x) else float(np.std(x, ddof=1))
+
+
+def _advice(
+    spec: ClaimSpec, verdict: str, effect: Optional[float], sds: tuple[float, ...], n: int, alpha: float
+) -> SeedsAdvice:
+    if verdict != INCONCLUSIVE or effect is None:
+        return SeedsAdvice()
+    return seeds_advice(effect, sds, n, alpha, permutation=spec.test == "permutation")
+
+
+def _short_advice(n: int) -> SeedsAdvice:
+    return SeedsAdvice(None, "one seed: no spread to plan from; run a second seed", "≥ 2") if n == 1 else SeedsAdvice()
+
+
 # --------------------------------------------------------------------------- tests
 
 
-def _one_sample(x: np.ndarray, test: str, alpha: float) -> tuple[float, tuple[float, float]]:
-    """Two-sided p that mean(x) = 0, and the (1 − α) t-interval of mean(x)."""
-    mean = float(x.mean())
-    if np.allclose(x, x[0], rtol=0.0, atol=1e-12):
-        # no variation across seeds: the t statistic is ±inf (or 0/0 when all zero)
-        ci = (mean, mean)
-        p_t = 1.0 if mean == 0.0 else 0.0
-    else:
-        result = stats.ttest_1samp(x, 0.0)
-        interval = result.confidence_interval(confidence_level=1.0 - alpha)
-        ci, p_t = (float(interval.low), float(interval.high)), float(result.pvalue)
+def _no_spread(x: np.ndarray) -> bool:
+    return bool(np.allclose(x, x[0], rtol=0.0, atol=1e-12))
+
+
+def _one_sample(x: np.ndarray, test: str, alpha: float, what: str) -> tuple[float, tuple[float, float], str]:
+    """Two-sided p that mean(x) = 0, the (1 − α) t-interval of mean(x), and a note on how p was had."""
+    if _no_spread(x):
+        return _steady_one_sample(x, test, what)
+    result = stats.ttest_1samp(x, 0.0)
+    interval = result.confidence_interval(confidence_level=1.0 - alpha)
+    ci = (float(interval.low), float(interval.high))
     if test == "t":
-        return p_t, ci
+        return float(result.pvalue), ci, ""
     exact = stats.permutation_test((x,), np.mean, permutation_type="samples", n_resamples=np.inf,
                                    alternative="two-sided")
-    return float(exact.pvalue), ci
+    return float(exact.pvalue), ci, ""
 
 
-def _two_sample(a: np.ndarray, b: np.ndarray, test: str, alpha: float) -> tuple[float, tuple[float, float]]:
-    """Two-sided p that mean(a) = mean(b), and the (1 − α) Welch interval of the difference."""
-    diff = float(a.mean() - b.mean())
-    if np.ptp(a) == 0.0 and np.ptp(b) == 0.0:
-        ci, p_t = (diff, diff), (1.0 if diff == 0.0 else 0.0)
-    else:
-        result = stats.ttest_ind(a, b, equal_var=False)
-        interval = result.confidence_interval(confidence_level=1.0 - alpha)
-        ci, p_t = (float(interval.low), float(interval.high)), float(result.pvalue)
+def _steady_one_sample(x: np.ndarray, test: str, what: str) -> tuple[float, tuple[float, float], str]:
+    """No spread: t is ±inf (or 0/0), so p is the exact sign-flip p — only the n flips of
+    all one sign reach |mean(x)|, p = 2/2ⁿ — which needs no variance to be valid."""
+    n, mean = len(x), float(x.mean())
+    if mean == 0.0:
+        return 1.0, (0.0, 0.0), f"all {n} {what} are 0"
+    p = 2.0 / 2**n
+    how = "the t statistic is undefined, so p is the exact sign-flip p" if test == "t" else "exact sign-flip p"
+    return p, (mean, mean), f"no spread: all {n} {what} equal {number(mean)}; {how} 2/2^{n} = {p_text(p)}"
+
+
+def _two_sample(a: np.ndarray, b: np.ndarray, test: str, alpha: float) -> tuple[float, tuple[float, float], str]:
+    """Two-sided p that mean(a) = mean(b), the (1 − α) Welch interval of the difference, and a note."""
+    if _no_spread(a) and _no_spread(b):
+        return _steady_two_sample(a, b, test)
+    result = stats.ttest_ind(a, b, equal_var=False)
+    interval = result.confidence_interval(confidence_level=1.0 - alpha)
+    ci = (float(interval.low), float(interval.high))
     if test == "t":
-        return p_t, ci
+        return float(result.pvalue), ci, ""
     exact = stats.permutation_test((a, b), lambda x, y: np.mean(x) - np.mean(y), permutation_type="independent",
                                    n_resamples=np.inf, alternative="two-sided")
-    return float(exact.pvalue), ci
+    return float(exact.pvalue), ci, ""
+
+
+def _steady_two_sample(a: np.ndarray, b: np.ndarray, test: str) -> tuple[float, tuple[float, float], str]:
+    """Each side one value: Welch is undefined; the exact relabelling p is 1/C(n_a + n_b, n_a)
+    (2/C with equal sides, whose swap reaches −diff too)."""
+    diff = float(a.mean() - b.mean())
+    if diff == 0.0:
+        return 1.0, (0.0, 0.0), "both sides hold one and the same value"
+    n_a, n_b = len(a), len(b)
+    count = 2 if n_a == n_b else 1
+    p = count / math.comb(n_a + n_b, n_a)
+    how = "Welch's t is undefined, so p is the exact permutation p" if test == "t" else "exact permutation p"
+    return p, (diff, diff), (f"no spread: each side holds one value ({number(float(a[0]))} vs {number(float(b[0]))}); "
+                             f"{how} {count}/C({n_a + n_b}, {n_a}) = {p_text(p)}")
 
 
 def _verdict(spec: ClaimSpec, effect: Optional[float], p: float, alpha: float, floor: float, n: int) -> tuple[str, str]:
@@ -379,6 +482,7 @@ def claims_table(results: list[ClaimResult]) -> pa.Table:
                 "mean_a": c.mean_a, "mean_b": c.mean_b, "effect": c.effect, "ci_low": c.ci[0],
                 "ci_high": c.ci[1], "confidence": 1.0 - result.alpha, "p": c.p, "p_holm": c.p_holm,
                 "alpha": result.alpha, "verdict": c.verdict, "reason": c.reason,
+                "seeds_needed": c.seeds.needed, "seeds_advice": c.seeds.text,
                 "claim_verdict": result.verdict, "combine": spec.combine,
             }
             for name in _SCHEMA.names:
@@ -403,9 +507,11 @@ def n_text(c: Comparison) -> str:
 
 
 def comparison_line(c: Comparison) -> str:
-    """'latent_dims=64-32  vs VAE+BN  +1.02 [+0.61, +1.43]  paired n=2  p=0.011  holds (p=0.011 < α=0.05)'."""
-    return (f"{c.cell}  vs {c.b}  effect {number(c.effect)} {ci_text(c)}  {n_text(c)}  p={p_text(c.p)}  "
+    """'latent_dims=64-32  vs VAE+BN  +1.02 [+0.61, +1.43]  paired n=2  p=0.011  holds (p=0.011 < α=0.05)',
+    and for an inconclusive one what more seeds would do."""
+    line = (f"{c.cell}  vs {c.b}  effect {number(c.effect)} {ci_text(c)}  {n_text(c)}  p={p_text(c.p)}  "
             f"{c.verdict} ({c.reason})")
+    return f"{line}; seeds: {c.seeds.text}" if c.seeds.text else line
 
 
 def format_claims(results: list[ClaimResult]) -> list[str]:
