@@ -429,3 +429,18 @@ def test_an_inconclusive_cell_says_how_many_seeds_would_decide_it() -> None:
     assert steady.seeds.needed == 6  # the first n whose sign-flip floor 2/2ⁿ is below α
     held = evaluate_claim(_spec(), _pair_frame(dict.fromkeys(range(6), 13.0), dict.fromkeys(range(6), 10.0)), 0.05)
     assert held.comparisons[0].seeds.needed is None and held.comparisons[0].seeds.text == ""
+
+
+def test_seeds_needed_in_claims_parquet_and_the_outputs(report, store: str) -> None:
+    rows = _claims(report)
+    assert pq.read_schema(report.out_dir / "claims.parquet").field("seeds_needed").type == "int64"
+    decided = rows[rows["verdict"] != "inconclusive"]
+    assert decided["seeds_needed"].isna().all() and (decided["seeds_advice"] == "").all()
+    null = rows[rows["claim"] == "null"]
+    assert (null["verdict"] == "inconclusive").all() and (null["seeds_advice"] != "").all()
+    assert ((null["seeds_needed"] > 6) | null["seeds_advice"].str.contains("too small to matter")).all()
+    for text in (report.tables_md.read_text(), report.index_html.read_text()):
+        assert "how many seeds would give its test 80% power" in text and null["seeds_advice"].iloc[0] in text
+    result = runner.invoke(app, ["claims", STUDY, "--tracking-uri", store])
+    assert result.exit_code == 0 and "; seeds: " in result.output
+    assert "; seeds: one seed: no spread to plan from" in result.output

@@ -449,3 +449,77 @@ def test_index_html_renders_in_headless_chromium(report: ReportResult, tmp_path:
     dom = subprocess.run(flags + ["--dump-dom", (broken / "index.html").as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
     assert dom.count('data-loaded="0"') == 1 and "figure not found: figures/curves.png" in dom
+
+
+# --------------------------------------------------------------------------- labels a reader can cite
+
+
+def test_store_notices_stay_out_of_the_report_body(report: ReportResult) -> None:
+    # the store holds an older study run with a trial of its own: a notice for the command line
+    notices = [w for w in report.warnings if "other study runs" in w or "study runs in the experiment" in w]
+    assert notices, report.warnings
+    for text in (report.tables_md.read_text(), report.index_html.read_text()):
+        assert "other study runs" not in text and "study runs in the experiment" not in text
+
+
+def _label_trials() -> pd.DataFrame:
+    """Two variants × adam_eps {1e-8, 1e-4} × seeds {0, 1}: integer active units, L_1000 bounds."""
+    rows = []
+    for variant, base in (("VAE+BN", 15), ("VAE+BN+WU", 35)):
+        for eps in (1e-8, 1e-4):
+            for seed in (0, 1):
+                rows.append({"trial_id": f"{variant}-{eps:g}-{seed}", "status": "finished", "label": variant,
+                             "variant": variant, "seed": seed, "adam_eps": eps, "latent_dims": "64-32-16-8-4",
+                             "eval_iw": 1000, "active_units": float(base + (eps > 1e-6)),
+                             "test_ll_iw": -85.0 - seed * 0.25, "test_elbo": -90.0})
+    return pd.DataFrame(rows)
+
+
+def _label_tables():
+    from vaelab.report.spec import TableSpec
+    from vaelab.report.tables import build_tables
+
+    icml = {"source": "lvae-icml", "dataset": "mnist"}
+    specs = [
+        TableSpec(name="ll", title="Test log-likelihood L_K, 5 layers (paper: L_5000, ICML Table 1)", rows="adam_eps",
+                  columns="variant", value="test_ll_iw", paper={**icml, "table": "table1", "metric": "test_ll_iw5000"}),
+        TableSpec(name="elbo", title="Test ELBO L_1, 5 layers", rows="adam_eps", columns="variant", value="test_elbo"),
+        TableSpec(name="au", title="Active units L_100", rows="adam_eps", columns="variant", value="active_units",
+                  paper={**icml, "table": "table2", "metric": "active_units"}),
+    ]
+    return build_tables(specs, _label_trials())
+
+
+def test_titles_rewrite_only_the_runs_own_bound() -> None:
+    from vaelab.report.tables import own_bound
+
+    ll, elbo, au = _label_tables()
+    assert ll.title == "Test log-likelihood L_1000, 5 layers (paper: L_5000, ICML Table 1)"
+    assert elbo.title == "Test ELBO L_1, 5 layers" and au.title == "Active units L_100"  # not an L_K table
+    assert own_bound("Fine-tuned test L_5000, MC=1 IW=1 (ICML Table 1)", 20) == "Fine-tuned test L_20, MC=1 IW=1 (ICML Table 1)"
+    assert own_bound("L_5000 beside L_1 (paper: L_5000)", 20) == "L_20 beside L_1 (paper: L_5000)"
+    assert own_bound("Test ELBO (L_1) and (paper: L_5000)", 20) == "Test ELBO (L_1) and (paper: L_5000)"
+
+
+def test_tables_tex_reads_as_a_papers_table() -> None:
+    from vaelab.report.latex import render_latex
+
+    tex = render_latex("labels", [], _label_tables())
+    assert r"Test log-likelihood $\mathcal{L}_{1000}$, 5 layers (paper: $\mathcal{L}_{5000}$, ICML Table 1)" in tex
+    assert r"Test ELBO $\mathcal{L}_{1}$, 5 layers" in tex and "L\\_" not in tex
+    assert r"test log-likelihood $\mathcal{L}_{1000}$, mean" in tex and "test\\_ll\\_iw" not in tex
+    assert r"paper: S\o{}nderby et al.\ (ICML 2016), Table 1" in tex and "lvae-icml" not in tex
+    assert r" & \multicolumn{3}{c}{model} \\" in tex and r"\cmidrule(lr){2-4}" in tex  # VAE+BN+WU has a paper column
+    assert r"Adam $\epsilon$ & VAE+BN & \multicolumn{2}{c}{VAE+BN+WU} \\" in tex
+    # counts print as integers beside the paper's, and one column keeps one number format
+    assert r"$10^{-8}$ & $15$ & $37$ & $\mathbf{35}$ & $61$ \\" in tex
+    assert r"$10^{-4}$ & $16$ & $37$ & $\mathbf{36}$ & $61$ \\" in tex
+    assert "0.0001" not in tex and "1e-08" not in tex and "15.00" not in tex
+
+
+def test_tables_md_keeps_one_number_format_per_axis() -> None:
+    from vaelab.report.markdown import table_markdown
+
+    text = "\n".join(table_markdown(_label_tables()[2]))
+    assert "| 1e-08 | " in text and "| 1e-04 | " in text and "0.0001" not in text
+    assert "| 1e-08 | 15 (n=2) · paper 37 | **35** (n=2) · paper 61 |" in text

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from html import escape
 
-from vaelab.report import order
 from vaelab.report.analysis import Analysis
-from vaelab.report.claims import ClaimResult, ci_text, n_text, number, p_text
+from vaelab.report.claims import ClaimResult, Comparison, ci_text, n_text, number, p_text
 from vaelab.report.drivers import Drivers
+from vaelab.report.power import TARGET_POWER
 from vaelab.report.summary import Summary
-from vaelab.report.tables import TOTAL, TableResult
+from vaelab.report.tables import TOTAL, TableResult, axis_texts
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1300px; color: #222; }
@@ -43,6 +43,7 @@ table.claim-cells th, table.claim-cells td, table.drivers th, table.drivers td {
 table.claim-cells th, table.drivers th { background: #f0f0f0; }
 table.claim-cells td.text, table.drivers td.text { text-align: left; }
 .source { color: #555; font-style: italic; }
+.seeds { color: #555; font-size: .85em; }
 """
 
 _SCRIPT = """
@@ -75,7 +76,7 @@ def render_html(
     if summary.notes:
         body.append(f'<div class="notes">{escape(summary.notes)}</div>')
     body.append(_facts(summary))
-    body += [f'<p class="warning">warning: {escape(w)}</p>' for w in summary.warnings]
+    body += [f'<p class="warning">warning: {escape(w)}</p>' for w in summary.report_warnings]
     if analysis is not None and analysis.claims:
         body.append(claims_html(analysis.claims))
     body += [table_html(t) for t in tables]
@@ -113,10 +114,11 @@ def table_html(table: TableResult) -> str:
 
 def _grid(table: TableResult) -> str:
     corner = f"{table.spec.rows} \\ {table.spec.columns}"
-    head = "".join(f"<th>{escape(order.display(c))}</th>" for c in table.columns)
+    head = "".join(f"<th>{escape(text)}</th>" for text in axis_texts(table.columns))
+    labels = [str(r) for r in table.rows] if table.spec.rows == "layer" else axis_texts(table.rows)
     rows = []
-    for row in table.rows:
-        label = "total" if row == TOTAL else order.display(row)
+    for row, label in zip(table.rows, labels):
+        label = "total" if row == TOTAL else label
         cells = "".join(_cell(table, row, column) for column in table.columns)
         rows.append(f'<tr><th class="row">{escape(label)}</th>{cells}</tr>')
     return (
@@ -144,9 +146,10 @@ def claims_html(claims: list[ClaimResult]) -> str:
     parts = [
         '<section class="claims" id="claims">',
         "<h2>Claims</h2>",
-        f'<p class="caption">{len(claims)} claims of the papers tested at α = {alpha:g}. Effect = difference of means '
+        f'<p class="caption">{len(claims)} claims tested at α = {alpha:g}. Effect = difference of means '
         f"(a − b, or value − threshold) with its {level} t-interval; p two-sided, paired by seed where both sides share "
-        "seeds; Holm-corrected p where a claim combines several comparisons.</p>",
+        "seeds; Holm-corrected p where a claim combines several comparisons. Seeds: for an inconclusive comparison, "
+        f"how many seeds would give its test {TARGET_POWER:.0%} power for the effect and spread observed.</p>",
     ]
     for claim in claims:
         spec = claim.spec
@@ -158,19 +161,25 @@ def claims_html(claims: list[ClaimResult]) -> str:
             f"<p>Tested: {escape(claim.side_text())}; {escape(claim.why)}.{' Test: ' + escape(methods) + '.' if methods else ''}</p>",
         ]
         if claim.comparisons:
-            head = "".join(f"<th>{h}</th>" for h in ("cell", "vs", "effect", f"{level} CI", "n", "p", "p (Holm)", "verdict"))
-            rows = "".join(
-                f'<tr><td class="text">{escape(c.cell)}</td><td class="text">{escape(c.b)}</td><td>{escape(number(c.effect))}</td>'
-                f"<td>{escape(ci_text(c))}</td><td>{escape(n_text(c))}</td><td>{escape(p_text(c.p))}</td>"
-                f'<td>{escape(p_text(c.p_holm))}</td><td class="text">{escape(c.verdict)} ({escape(c.reason)})</td></tr>'
-                for c in claim.comparisons
-            )
+            head = "".join(f"<th>{h}</th>" for h in ("cell", "vs", "effect", f"{level} CI", "n", "p", "p (Holm)", "verdict", "seeds"))
+            rows = "".join(_claim_row(c) for c in claim.comparisons)
             parts.append(f'<table class="claim-cells"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
         if claim.left_out:
             parts.append('<ul class="table-notes">' + "".join(f"<li>left out: {escape(n)}</li>" for n in claim.left_out) + "</ul>")
         parts.append("</div>")
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _claim_row(c: Comparison) -> str:
+    seeds = f'<td title="{escape(c.seeds.text)}">{escape(c.seeds.short)}</td>'
+    advice = f'<br><span class="seeds">seeds: {escape(c.seeds.text)}</span>' if c.seeds.text else ""
+    return (
+        f'<tr><td class="text">{escape(c.cell)}</td><td class="text">{escape(c.b)}</td><td>{escape(number(c.effect))}</td>'
+        f"<td>{escape(ci_text(c))}</td><td>{escape(n_text(c))}</td><td>{escape(p_text(c.p))}</td>"
+        f'<td>{escape(p_text(c.p_holm))}</td><td class="text">{escape(c.verdict)} ({escape(c.reason)}){advice}</td>'
+        f"{seeds}</tr>"
+    )
 
 
 def drivers_html(drivers: Drivers) -> str:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from vaelab.report import order
 from vaelab.report.analysis import Analysis
 from vaelab.report.claims import ClaimResult, ci_text, n_text, number, p_text
 from vaelab.report.drivers import Drivers
+from vaelab.report.power import TARGET_POWER
 from vaelab.report.summary import Summary
-from vaelab.report.tables import TOTAL, TableResult
+from vaelab.report.tables import TOTAL, TableResult, axis_texts
 
 
 def render_markdown(
@@ -23,8 +23,8 @@ def render_markdown(
         lines += [summary.notes, ""]
     lines += [f"- **{name}**: {_escape(value)}" for name, value in summary.facts()]
     lines.append("")
-    lines += [f"> warning: {_escape(w)}" for w in summary.warnings]
-    lines += [""] if summary.warnings else []
+    lines += [f"> warning: {_escape(w)}" for w in summary.report_warnings]
+    lines += [""] if summary.report_warnings else []
     if analysis is not None and analysis.claims:
         lines += claims_markdown(analysis.claims) + [""]
     for table in tables:
@@ -41,11 +41,11 @@ def table_markdown(table: TableResult) -> list[str]:
     lines = [f"## {table.title}", "", f"_{_escape(table.caption())}_", ""]
     if table.rows and table.columns:
         corner = f"{table.spec.rows} \\ {table.spec.columns}"
-        lines.append("| " + " | ".join([corner] + [_escape(order.display(c)) for c in table.columns]) + " |")
+        lines.append("| " + " | ".join([corner] + [_escape(c) for c in axis_texts(table.columns)]) + " |")
         lines.append("|" + "---|" * (len(table.columns) + 1))
-        for row in table.rows:
+        for row, label in zip(table.rows, _row_labels(table)):
             cells = [_cell(table, row, column) for column in table.columns]
-            lines.append("| " + " | ".join([_row_label(row)] + cells) + " |")
+            lines.append("| " + " | ".join([label] + cells) + " |")
         lines.append("")
     lines += [f"- {_escape(note)}" for note in table.notes]
     return lines
@@ -62,8 +62,10 @@ def _cell(table: TableResult, row: object, column: object) -> str:
     return _escape(" · ".join(p for p in (text, cell.paper_text()) if p))
 
 
-def _row_label(row: object) -> str:
-    return "**total**" if row == TOTAL else _escape(order.display(row))
+def _row_labels(table: TableResult) -> list[str]:
+    if table.spec.rows == "layer":
+        return ["**total**" if row == TOTAL else str(row) for row in table.rows]
+    return [_escape(text) for text in axis_texts(table.rows)]
 
 
 def _figures_markdown(figures: dict[str, str], skipped: dict[str, str]) -> list[str]:
@@ -79,9 +81,10 @@ def claims_markdown(claims: list[ClaimResult]) -> list[str]:
     lines = [
         "## Claims",
         "",
-        f"_{len(claims)} claims of the papers tested at α = {alpha:g} ({verdicts}). Effect = difference of means "
+        f"_{len(claims)} claims tested at α = {alpha:g} ({verdicts}). Effect = difference of means "
         f"(a − b, or value − threshold) with its {1 - alpha:.0%} t-interval; p two-sided, paired by seed where both "
-        "sides share seeds; Holm-corrected p where a claim combines several comparisons._",
+        "sides share seeds; Holm-corrected p where a claim combines several comparisons. Seeds: for an inconclusive "
+        f"comparison, how many seeds would give its test {TARGET_POWER:.0%} power for the effect and spread observed._",
         "",
     ]
     for claim in claims:
@@ -90,12 +93,16 @@ def claims_markdown(claims: list[ClaimResult]) -> list[str]:
         lines.append(f"Tested: {_escape(claim.side_text())}; {_escape(claim.why)}.")
         lines += [f"Test: {_escape(claim.methods())}." if claim.methods() else "", ""]
         if claim.comparisons:
-            lines.append(f"| cell | vs | effect | {1 - alpha:.0%} CI | n | p | p (Holm) | verdict |")
-            lines.append("|---|---|---|---|---|---|---|---|")
+            lines.append(f"| cell | vs | effect | {1 - alpha:.0%} CI | n | p | p (Holm) | verdict | seeds |")
+            lines.append("|---|---|---|---|---|---|---|---|---|")
             for c in claim.comparisons:
-                cells = [c.cell, c.b, number(c.effect), ci_text(c), n_text(c), p_text(c.p), p_text(c.p_holm), f"{c.verdict} ({c.reason})"]
+                cells = [c.cell, c.b, number(c.effect), ci_text(c), n_text(c), p_text(c.p), p_text(c.p_holm),
+                         f"{c.verdict} ({c.reason})", c.seeds.short]
                 lines.append("| " + " | ".join(_escape(x) for x in cells) + " |")
             lines.append("")
+            lines += [f"- seeds for {_escape(c.cell)} vs {_escape(c.b)}: {_escape(c.seeds.text)}"
+                      for c in claim.comparisons if c.seeds.text]
+            lines += [""] if any(c.seeds.text for c in claim.comparisons) else []
         lines += [f"- left out: {_escape(note)}" for note in claim.left_out]
         lines += [""] if claim.left_out else []
     return lines

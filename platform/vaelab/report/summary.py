@@ -1,13 +1,23 @@
-"""What the top of a report says: the study, its notes, budget, git SHA and trial counts."""
+"""What the top of a report says: the study, its notes, budget, git SHA and trial counts.
+
+The reader's warnings are about this run's data (a study.yaml missing, an unreadable
+artifact, a trial id logged twice). Notices about the rest of the MLflow store — other
+study runs of the experiment and their trials, which the report leaves out by design —
+concern whoever runs `vaelab report`, who sees every warning on the command line; they
+are no part of the report a reader cites.
+"""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
 from vaelab.report.collect import StudyData
 
 STATUS_ORDER = ("finished", "diverged", "failed", "stopped", "running")
+# the store-level notices of tracking.read: about other study runs, not this one
+_STORE_NOTICES = re.compile(r"trial run\(s\) of other study runs ignored|study runs in the experiment; the newest")
 
 
 @dataclass(frozen=True)
@@ -21,7 +31,12 @@ class Summary:
     parent_run_id: str | None
     study_status: str | None
     status_counts: dict[str, int]
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # every warning, for the command line
+
+    @property
+    def report_warnings(self) -> list[str]:
+        """The warnings about this run's report, without the store-level notices."""
+        return [w for w in self.warnings if not _STORE_NOTICES.search(w)]
 
     @property
     def n_trials(self) -> int:

@@ -13,7 +13,13 @@ or, for rows, `layer`, which reads `<value>_{i}` per layer plus a total row).
   on the cell's variant label and latent_dims, and the metric; per-layer tables use
   `<paper.metric>_{layer}` and, for the total row, the metric without `_layer`).
 - Rows and columns are in natural order (see `report.order`) unless `row_order` /
-  `column_order` name them.
+  `column_order` name them; an axis's values share one format (1e-08 beside 1e-04, not
+  beside 0.0001).
+- A table of counts (active units) shows whole means as integers and other means and
+  stds with one decimal, as the papers print counts; other tables two decimals.
+- A test_ll_iw table's title follows `eval_iw`: the run's own bound (an `L_K`, or else
+  the first `L_<n>` outside parentheses) reads `L_<eval_iw>`. A paper's K, written in
+  parentheses ('(paper: L_5000, ...)'), and the ELBO `L_1` are never rewritten.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ from vaelab.report.paper import format_paper, paper_value, total_metric
 from vaelab.report.spec import TableSpec
 
 TOTAL = "total"
+IW_METRIC = "test_ll_iw"  # L_K with K = eval_iw
+COUNT_METRICS = ("active_units",)  # and their per-layer family active_units_layer
+BOUND = re.compile(r"\bL_(K|\d+)\b")  # a bound written L_K, L_1, L_5000
 NOT_FINISHED = ("diverged", "failed", "stopped", "running")  # shown in this order
 # params that never make two trials different experiments
 BOOKKEEPING_PARAMS = frozenset(
@@ -49,6 +58,7 @@ class Cell:
     not_finished: tuple[tuple[str, int], ...] = ()  # (status, count)
     missing: int = 0  # finished trials without a finite value
     paper: float | None = None
+    whole: bool = False  # a count (COUNT_METRICS): whole means print as integers
 
     @property
     def n(self) -> int:
@@ -62,15 +72,17 @@ class Cell:
     def std(self) -> float | None:
         return float(np.std(self.values, ddof=1)) if len(self.values) >= 2 else None
 
+    def mean_text(self) -> str:
+        return "—" if self.mean is None else number_text(self.mean, self.whole)
+
+    def std_text(self) -> str:
+        return "" if self.std is None else number_text(self.std, self.whole, spread=True)
+
     def ours(self) -> str:
         """'-85.10 ± 0.30' (or '-85.10', or '—' without values); counts read '32', not '32.00'."""
-        if self.mean is None:
-            return "—"
-        if self.std is None:
-            return _number(self.mean)
-        if self.std == 0 and float(self.mean).is_integer():
-            return _number(self.mean)
-        return f"{_number(self.mean)} ± {_number(self.std)}"
+        if self.mean is None or self.std is None or (self.std == 0 and self.whole):
+            return self.mean_text()
+        return f"{self.mean_text()} ± {self.std_text()}"
 
     def counts(self) -> str:
         """'(n=2)', '(n=1; 1 diverged)', '(n=0; 1 failed, 1 no value)'."""
@@ -95,11 +107,11 @@ class TableResult:
 
     @property
     def title(self) -> str:
-        """The spec's title; an `L_5000` in it reads `L_20` when the trials used K = 20."""
+        """The spec's title, the run's own L_K in a test_ll_iw table reading L_<eval_iw>."""
         title = self.spec.title or self.spec.name
-        if len(self.eval_iw) == 1:
-            title = re.sub(r"\bL_\d+\b", f"L_{self.eval_iw[0]}", title)
-        return title
+        if self.spec.value != IW_METRIC or len(self.eval_iw) != 1:
+            return title
+        return own_bound(title, self.eval_iw[0])
 
     def caption(self) -> str:
         """What the table shows, in one line."""
@@ -127,10 +139,39 @@ class TableResult:
         return " · ".join(p for p in parts if p)
 
 
-def _number(value: float) -> str:
-    if float(value).is_integer():  # counts (active units), whole-number means
-        return str(int(value))
+def own_bound(title: str, k: int) -> str:
+    """`title` with the run's own importance-weighted bound written L_k.
+
+    An `L_K` placeholder is the run's own wherever it is; without one, the first `L_<n>`
+    (n ≥ 2) outside parentheses is. A paper's K sits in parentheses and L_1 is the ELBO:
+    neither is the run's K."""
+    if any(m.group(1) == "K" for m in BOUND.finditer(title)):
+        return BOUND.sub(lambda m: f"L_{k}" if m.group(1) == "K" else m.group(0), title)
+    for match in BOUND.finditer(title):
+        before = title[: match.start()]
+        if int(match.group(1)) >= 2 and before.count("(") == before.count(")"):
+            return f"{before}L_{k}{title[match.end():]}"
+    return title
+
+
+def number_text(value: float, whole: bool, spread: bool = False) -> str:
+    """A mean or std as the tables print it: counts as integers (a mean between two with
+    one decimal), other values with two decimals (one from 1000 up)."""
+    if whole:
+        return str(int(value)) if float(value).is_integer() and not spread else f"{value:.1f}"
     return f"{value:.1f}" if abs(value) >= 1000 else f"{value:.2f}"
+
+
+def axis_texts(values: Iterable[Any]) -> list[str]:
+    """How an axis's values are shown, in one format: when one number needs an exponent,
+    every number of the axis is written with one ('1e-08', '1e-04', not '0.0001')."""
+    values = list(values)
+    shown = [order.display(v) for v in values]
+    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numbers) != len(values) or not any("e" in text for text in shown):
+        return shown
+    digits = next((d for d in range(7) if all(float(f"{x:.{d}e}") == x for x in numbers)), 6)
+    return [f"{x:.{digits}e}" for x in numbers]
 
 
 # --------------------------------------------------------------------------- building
@@ -150,7 +191,7 @@ def build_table(spec: TableSpec, trials: pd.DataFrame) -> TableResult:
         long = _per_layer_long(spec, subset)
     else:
         long = _plain_long(spec, subset)
-    result = _pivot(spec, long)
+    result = _pivot(spec, long, spec.value.startswith(COUNT_METRICS))
     if "eval_iw" in subset.columns:
         result.eval_iw = tuple(sorted({int(k) for k in subset["eval_iw"].dropna()}))
     result.notes = _notes(spec, subset, long) + _paper_notes(spec, result) + _budget_notes(spec, result, subset)
@@ -271,13 +312,13 @@ def _total_rows(
     return frame
 
 
-def _pivot(spec: TableSpec, long: pd.DataFrame) -> TableResult:
+def _pivot(spec: TableSpec, long: pd.DataFrame, whole: bool) -> TableResult:
     row_axis = "layer" if spec.rows == "layer" else spec.rows
     rows = _row_keys(spec, long, row_axis)
     columns = order.ordered(spec.columns, [plain(v) for v in long["column"]], spec.column_order)
     cells = {}
     for (row, column), group in long.groupby(["row", "column"], sort=False, dropna=False):
-        cells[(plain(row), plain(column))] = _cell(spec, group)
+        cells[(plain(row), plain(column))] = _cell(spec, group, whole)
     result = TableResult(spec, rows, columns, cells)
     result.best = _best(spec, result)
     return result
@@ -291,7 +332,7 @@ def _row_keys(spec: TableSpec, long: pd.DataFrame, axis: str) -> list[Any]:
     return order.ordered("layer", layers, spec.row_order) + ([TOTAL] if layers else [])
 
 
-def _cell(spec: TableSpec, group: pd.DataFrame) -> Cell:
+def _cell(spec: TableSpec, group: pd.DataFrame, whole: bool) -> Cell:
     finished = group[group["status"] == "finished"]
     values = tuple(float(v) for v in finished["value"] if v is not None and np.isfinite(v))
     counts = Counter(s for s in group["status"] if s != "finished")
@@ -301,6 +342,7 @@ def _cell(spec: TableSpec, group: pd.DataFrame) -> Cell:
         not_finished=not_finished,
         missing=len(finished) - len(values),
         paper=_paper(spec, group),
+        whole=whole,
     )
 
 
