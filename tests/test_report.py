@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pandas as pd
 import pyarrow as pa
@@ -128,11 +129,11 @@ def test_read_study_finds_newest_parent_and_its_trials(study: StudyFixture) -> N
     by_id = {t.trial_id: t for t in record.trials}
     assert by_id["t12"].status == "diverged" and by_id["t13"].status == "failed"
     assert by_id["t0"].params["depth"] == 2 and by_id["t0"].params["batch_norm"] is False
-    assert any("older" in w or "other study runs" in w for w in record.warnings)
+    assert any("study runs in the experiment" in w for w in record.warnings)
 
 
 def test_unknown_study_is_a_clear_error(study: StudyFixture) -> None:
-    with pytest.raises(read.StudyNotFoundError, match="no MLflow experiment named 'nope'"):
+    with pytest.raises(read.StudyNotFoundError, match="no study 'nope'"):
         read.read_study("nope", study.tracking_uri)
 
 
@@ -140,23 +141,49 @@ def test_histories_keep_the_last_logged_value_per_step(study: StudyFixture) -> N
     record = read.read_study(study.study, study.tracking_uri)
     relogged = next(p for p in study.plans if p.relog_last_epoch)
     trial = next(t for t in record.trials if t.trial_id == relogged.trial_id)
-    history = read.read_histories(study.tracking_uri, [trial], workers=1)[trial.run_id]
+    history = read.history_of(read.read_histories(study.tracking_uri, [trial]), trial.run_id)
     steps = [step for step, _ in history["test_elbo"]]
     assert steps == [2, EPOCHS]
     assert history["test_elbo"][-1][1] == pytest.approx(study.finals[trial.trial_id]["test_elbo"])
 
 
-def test_artifact_cache_is_reused(study: StudyFixture, tmp_path: Path) -> None:
+def test_local_artifacts_are_read_in_place_and_only_when_asked(study: StudyFixture, tmp_path: Path) -> None:
     record = read.read_study(study.study, study.tracking_uri)
-    trials = [t for t in record.trials if t.trial_id in ("t0", "t13")]
-    first = read.download_trial_artifacts(study.tracking_uri, trials, tmp_path)
-    by_id = {t.trial_id: first[t.run_id] for t in trials}
-    assert sorted(by_id["t0"]) == ["latents.npz", "prior_samples.npz", "unit_kl.json"]
-    assert by_id["t13"] == {}  # the failed trial exported nothing
-    stamp = by_id["t0"]["unit_kl.json"].stat().st_mtime_ns
-    again = read.download_trial_artifacts(study.tracking_uri, trials, tmp_path)
-    assert again == first
-    assert by_id["t0"]["unit_kl.json"].stat().st_mtime_ns == stamp  # not downloaded again
+    trials = {t.trial_id: t for t in record.trials if t.trial_id in ("t0", "t13")}
+    files = read.trial_artifacts(study.tracking_uri, trials.values(), tmp_path / "cache")
+    found = {name: files.path(trials["t0"].run_id, name) for name in read.TRIAL_ARTIFACTS}
+    assert all(p is not None and p.is_file() for p in found.values())
+    # a SQLite store's artifacts are local folders: read where MLflow put them, no copy
+    assert all(str(p).startswith(str(urlsplit(trials["t0"].artifact_uri).path)) for p in found.values())
+    assert not (tmp_path / "cache").exists()
+    assert all(files.path(trials["t13"].run_id, name) is None for name in read.TRIAL_ARTIFACTS)  # failed: none
+
+
+def test_remote_artifacts_are_downloaded_once_per_ended_run(tmp_path: Path) -> None:
+    """Through a real `mlflow server` (artifacts proxied, so the runs' roots are mlflow-artifacts:/ URIs)."""
+    from cluster_helpers import TrackingServer, free_port
+    from mlflow.tracking import MlflowClient
+
+    server = TrackingServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "served", tmp_path / "server.log",
+                            port=free_port(), workers=1).start()
+    try:
+        client = MlflowClient(server.uri)
+        exp = client.create_experiment("remote")
+        run = client.create_run(exp, tags={"vaelab.role": "trial", "vaelab.trial_id": "t0"})
+        client.log_text(run.info.run_id, "[]", "unit_kl.json")
+        client.set_terminated(run.info.run_id)
+        trial = next(t for t in read.read_study("remote", server.uri).trials if t.trial_id == "t0")
+        assert trial.artifact_uri.startswith("mlflow-artifacts:")
+        cache = tmp_path / "cache"
+        first = read.trial_artifacts(server.uri, [trial], cache).path(trial.run_id, "unit_kl.json")
+        assert first is not None and first.parent == cache / trial.run_id and first.read_text() == "[]"
+        stamp = first.stat().st_mtime_ns
+        missing = read.trial_artifacts(server.uri, [trial], cache).path(trial.run_id, "latents.npz")
+        assert missing is None
+        again = read.trial_artifacts(server.uri, [trial], cache).path(trial.run_id, "unit_kl.json")
+        assert again == first and again.stat().st_mtime_ns == stamp  # the ended run's file is reused
+    finally:
+        server.stop()
 
 
 # --------------------------------------------------------------------------- parquet

@@ -20,13 +20,8 @@ from pydantic import ValidationError
 from vaelab.errors import VaelabError
 from vaelab.report import parquet
 from vaelab.report.spec import ReportSpec
-from vaelab.tracking.read import (
-    StudyRecord,
-    TrialRun,
-    download_trial_artifacts,
-    read_histories,
-    read_study,
-)
+from vaelab.tracking.artifact_files import ArtifactFiles
+from vaelab.tracking.read import StudyRecord, TrialRun, read_histories, read_study, trial_artifacts
 
 
 class ReportError(VaelabError, ValueError):
@@ -42,7 +37,7 @@ class StudyData:
     trials: pa.Table
     curves: pa.Table
     units: pa.Table
-    artifacts: dict[str, dict[str, Path]]  # run_id -> artifact name -> local file
+    artifacts: ArtifactFiles  # run_id + artifact name -> local file, fetched when asked
     warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -67,15 +62,15 @@ def collect_study(
     record = read_study(study_name, tracking_uri, run)
     warnings = list(record.warnings)
     spec = report_spec(record)
-    histories = read_histories(tracking_uri, record.trials, workers=workers)
-    artifacts = download_trial_artifacts(tracking_uri, record.trials, cache_dir, workers=workers)
-    units_rows = _units_rows(record.trials, artifacts, warnings)
+    histories = read_histories(tracking_uri, record.trials)
+    artifacts = trial_artifacts(tracking_uri, record.trials, cache_dir)
+    unit_files = artifacts.paths([t.run_id for t in record.trials], "unit_kl.json", workers=workers)
     return StudyData(
         record=record,
         spec=spec,
         trials=parquet.trials_table(study_name, record.trials, run_columns(record)),
         curves=parquet.curves_table(record.trials, histories),
-        units=parquet.units_table(record.trials, units_rows),
+        units=_units_table(record.trials, unit_files, warnings),
         artifacts=artifacts,
         warnings=warnings,
     )
@@ -100,19 +95,18 @@ def report_spec(record: StudyRecord) -> ReportSpec:
         raise ReportError(f"study.yaml of run {run}: invalid `report:` section:\n{err}") from err
 
 
-def _units_rows(
-    trials: tuple[TrialRun, ...], artifacts: dict[str, dict[str, Path]], warnings: list[str]
-) -> dict[str, list[tuple[str, int, int, int, float | None]]]:
-    rows: dict[str, list[tuple[str, int, int, int, float | None]]] = {}
+def _units_table(trials: tuple[TrialRun, ...], files: dict[str, Path], warnings: list[str]) -> pa.Table:
+    """units.parquet from each trial's unit_kl.json; an unreadable file is named, not fatal."""
+    per_trial: dict[str, tuple[list, list, list, list]] = {}
     for trial in trials:
-        path = artifacts.get(trial.run_id, {}).get("unit_kl.json")
+        path = files.get(trial.run_id)
         if path is None:
             continue
         try:
-            rows[trial.run_id] = parquet.unit_kl_rows(trial.trial_id, path)
+            per_trial[trial.run_id] = parquet.unit_kl_columns(path)
         except (ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
             warnings.append(f"trial {trial.trial_id}: unreadable unit_kl.json ({err})")
-    return rows
+    return parquet.units_table(trials, per_trial)
 
 
 # --------------------------------------------------------------------------- labels

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,9 @@ from matplotlib.ticker import MaxNLocator
 from vaelab.config import TrialConfig
 from vaelab.report import order
 from vaelab.report.tables import BOOKKEEPING_PARAMS, matches, plain
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from vaelab.tracking.artifact_files import ArtifactFiles
 
 FIGURE_NAMES = (
     "ll_vs_depth",
@@ -63,7 +66,7 @@ class FigureData:
     trials: pd.DataFrame  # trials frame with a `label` column
     curves: pd.DataFrame
     units: pd.DataFrame
-    artifacts: dict[str, dict[str, Path]]  # run_id -> name -> local file
+    artifacts: ArtifactFiles  # run_id + name -> local file, fetched on first ask
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -169,12 +172,14 @@ def config_lines(trials: pd.DataFrame, exclude: Iterable[str]) -> list[tuple[str
 
 
 def representative(trials: pd.DataFrame, data: FigureData, artifact: str) -> pd.Series | None:
-    """The lowest-seed trial (then trial id) that has `artifact`, or None."""
-    has = trials[trials["mlflow_run_id"].map(lambda r: artifact in data.artifacts.get(r, {}))]
-    if has.empty:
-        return None
-    keyed = has.assign(_key=has["trial_id"].map(order.natural_key))
-    return keyed.sort_values(["seed", "_key"]).iloc[0]
+    """The lowest-seed trial (then trial id) that has `artifact`, or None.
+
+    Candidates are asked in that order, so only the artifact of the trial drawn is fetched."""
+    keyed = trials.assign(_key=trials["trial_id"].map(order.natural_key)).sort_values(["seed", "_key"])
+    for _, row in keyed.iterrows():
+        if data.artifacts.path(row["mlflow_run_id"], artifact) is not None:
+            return row
+    return None
 
 
 def _legend_label(label: str, trials: pd.DataFrame) -> str:
@@ -212,7 +217,7 @@ def ll_vs_depth(data: FigureData) -> Figure:
         xticks=depths,
     )
     ax.grid(alpha=0.3)
-    ax.legend(title="variant (mean ± std over seeds)")
+    _legend(ax, title="variant (mean ± std over seeds)")
     return fig
 
 
@@ -288,7 +293,7 @@ def kl_std_normal(data: FigureData) -> Figure:
         xticks=list(columns),
     )
     ax.grid(alpha=0.3)
-    ax.legend(title="variant (latent dims; seeds)")
+    _legend(ax, title="variant (latent dims; seeds)")
     return fig
 
 
@@ -308,7 +313,7 @@ def _per_layer_bars(data: FigureData, prefix: str, title: str, ylabel: str) -> F
                yerr=[s for _, s in stats], capsize=2, label=_legend_label(label, trials))
     ax.set(title=title, xlabel="latent layer (1 = bottom)", ylabel=ylabel, xticks=layers)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(title="variant (latent dims; seeds)")
+    _legend(ax, title="variant (latent dims; seeds)")
     return fig
 
 
@@ -421,7 +426,7 @@ def kl_vs_rho(data: FigureData) -> Figure:
         ylabel="KL of the top latent layer (nats)",
     )
     ax.grid(alpha=0.3)
-    ax.legend(title="model configuration (≥ 2 values of ρ)", fontsize=8)
+    _legend(ax, title="model configuration (≥ 2 values of ρ)", fontsize=8)
     return fig
 
 
@@ -449,7 +454,7 @@ def curves(data: FigureData) -> Figure:
         ax.set(title=f"{metric} per epoch (mean over seeds)", xlabel="epoch", ylabel=f"{metric} (nats)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(title="variant (latent dims; seeds)", fontsize=8)
+        _legend(ax, title="variant (latent dims; seeds)", fontsize=8)
     fig.suptitle("Training curves (deepest model per variant)")
     return fig
 
@@ -466,8 +471,14 @@ def _picks(data: FigureData, artifact: str) -> dict[str, pd.Series]:
     return picks
 
 
+def _legend(ax, **kwargs) -> None:
+    """A legend only where something labelled was drawn (matplotlib warns on an empty one)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def _npz(data: FigureData, row: pd.Series, name: str) -> dict[str, np.ndarray]:
-    with np.load(data.artifacts[row["mlflow_run_id"]][name], allow_pickle=False) as arrays:
+    with np.load(data.artifacts.path(row["mlflow_run_id"], name), allow_pickle=False) as arrays:
         return {key: arrays[key] for key in arrays.files}
 
 

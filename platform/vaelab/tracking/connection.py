@@ -15,13 +15,14 @@ import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 from urllib.parse import unquote, urlsplit, urlunsplit
-
-from mlflow.tracking import MlflowClient
 
 from vaelab.tracking.retry import short_error, with_retry
 from vaelab.tracking.uri import TrackingError, redact_uri, resolve_tracking_uri, sqlite_path
+
+if TYPE_CHECKING:  # pragma: no cover - typing only; mlflow is imported where a client is made
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ def client_for(tracking_uri: str) -> MlflowClient:
     """An MlflowClient for `tracking_uri`. Credentials in an http(s) URI move to MLflow's own
     environment variables (MLFLOW_TRACKING_USERNAME / _PASSWORD, unless already set) and the
     client gets the URI without them: MLflow quotes its URI in messages and run links."""
+    from mlflow.tracking import MlflowClient
+
     parts = urlsplit(tracking_uri)
     if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
         return MlflowClient(tracking_uri)

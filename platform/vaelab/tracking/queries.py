@@ -10,15 +10,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-
-from vaelab.tracking.connection import client_for, require_existing_store
+from vaelab.tracking.bulk import filter_runs, open_source
+from vaelab.tracking.connection import client_for
 from vaelab.tracking.retry import with_retry
 from vaelab.tracking.tags import (
     ROLE_STUDY,
     ROLE_TRIAL,
-    STATUSES,
     TAG_ATTEMPT,
     TAG_COHORT,
     TAG_NODE,
@@ -30,10 +27,14 @@ from vaelab.tracking.tags import (
     TAG_TRIAL_ID,
     TAG_TRIAL_KEY,
     TAG_VARIANT,
+    trial_status,
 )
 from vaelab.tracking.uri import TrackingError, redact_uri, resolve_tracking_uri
 
-if TYPE_CHECKING:  # pragma: no cover - typing only (runs.py imports this module)
+if TYPE_CHECKING:  # pragma: no cover - typing only (runs.py imports this module; mlflow is
+    # imported where a client call is made, so a read on SQL never loads it)
+    from mlflow.tracking import MlflowClient
+
     from vaelab.tracking.runs import StudyRunInfo
 
 
@@ -70,15 +71,28 @@ def list_trial_runs(info: StudyRunInfo) -> list[dict[str, Any]]:
     return [trial_row(r) for r in runs]
 
 
+def trial_run_match(parent_run_id: str, trial_id: str) -> dict[str, str]:
+    """The tags that single out one trial member's run under its study run: its own key, so
+    finding it costs the same whatever the number of trial runs in the study."""
+    return {TAG_TRIAL_ID: trial_id, TAG_PARENT: parent_run_id}
+
+
 def ended_trial_runs(info: StudyRunInfo, trial_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     """trial_id -> row (see `trial_row`) of those of `trial_ids` whose run under `info`
     already ended with a result (finished or diverged): a resumed or retried trial whose
-    members all ended must not be trained again, whatever Tune's saved state says."""
+    members all ended must not be trained again, whatever Tune's saved state says.
+
+    One search per member, filtered by its trial id: every trial start asks this, so
+    reading the whole study here would make a study's cost grow with its square. The run
+    that decides is the oldest, the one `TrialRun.open` continues."""
     client = client_for(info.tracking_uri)
-    wanted = set(trial_ids)
-    runs = find_runs(client, info.experiment_id, {TAG_ROLE: ROLE_TRIAL, TAG_PARENT: info.parent_run_id})
-    rows = [trial_row(r) for r in runs if r.data.tags.get(TAG_TRIAL_ID) in wanted]
-    return {row["trial_id"]: row for row in rows if row["status"] in ("finished", "diverged")}
+    ended = {}
+    for trial_id in dict.fromkeys(trial_ids):
+        runs = find_runs(client, info.experiment_id, trial_run_match(info.parent_run_id, trial_id))
+        row = trial_row(runs[-1]) if runs else None
+        if row is not None and row["status"] in ("finished", "diverged"):
+            ended[trial_id] = row
+    return ended
 
 
 def search_trial_runs(
@@ -86,102 +100,82 @@ def search_trial_runs(
 ) -> list[dict[str, Any]]:
     """Trial runs matching an MLflow search filter (`params.depth = '2' and metrics.test_elbo > -90`),
     in one study or in every study of the store; `run`: only the trials of that study run
-    (its name as `vaelab run` printed it). Each row's `run_name` names its study run."""
+    (its name as `vaelab run` printed it). Each row's `run_name` names its study run.
+
+    Read in bulk and a page at a time (tracking/bulk.py); the filter is MLflow's own
+    evaluator, applied to each page, so its semantics are MLflow's."""
     uri = resolve_tracking_uri(tracking_uri)
-    require_existing_store(uri)
-    client = client_for(uri)
+    source = open_source(uri)
+    _check_filter(filter_string)
     if study:
-        exp = with_retry(lambda: client.get_experiment_by_name(study), "get experiment")
+        exp = source.experiment(study)
         if exp is None:
-            known = ", ".join(e.name for e in _all_experiments(client)) or "none"
+            known = ", ".join(e.name for e in _studies(source)) or "none"
             raise TrackingError(f"no study {study!r} in {redact_uri(uri)}; studies there: {known}")
         experiment_ids = [exp.experiment_id]
     else:
-        experiment_ids = [e.experiment_id for e in _all_experiments(client)]
-    if not experiment_ids:
-        return []
-    clause = f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'"
-    if run:
-        clause += f" and tags.`{TAG_RUN_NAME}` = '{_quote(run)}'"
-    user_filter = filter_string
-    filter_string = f"{clause} and {filter_string}" if filter_string.strip() else clause
-
-    def call():
-        runs, token = [], None
-        while True:
-            page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=1000,
-                                      order_by=["attributes.start_time ASC"], page_token=token)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
-
-    try:
-        runs = with_retry(call, "search runs", deadline_s=30)
-    except MlflowException as err:
-        if err.error_code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"):
-            hint = ("; MLflow keeps params as strings (= != LIKE only, e.g. \"params.depth = '3'\"): "
-                    "compare typed values with --where \"depth > 2\"") if "params." in user_filter else ""
-            raise TrackingError(f"bad filter {user_filter!r}: {err.message}{hint}") from err
-        raise
-    if run and not runs and not user_filter.strip():
+        experiment_ids = [e.experiment_id for e in _studies(source)]
+    tags = {TAG_ROLE: ROLE_TRIAL, **({TAG_RUN_NAME: run} if run else {})}
+    rows = [trial_row(r) for page in source.runs(experiment_ids, tags) for r in filter_runs(page, filter_string)]
+    if run and not rows and not filter_string.strip():
         raise TrackingError(f"no trial runs of a study run named {run!r} in {redact_uri(uri)} "
                             "(`vaelab ls` lists the run names)")
-    return [trial_row(r) for r in runs]
+    return rows
+
+
+def _check_filter(filter_string: str) -> None:
+    """A filter MLflow cannot parse fails before anything is read, with a hint for params."""
+    if not filter_string.strip():
+        return
+    from mlflow.exceptions import MlflowException
+
+    try:
+        filter_runs([], filter_string)  # MLflow parses the filter even for no runs
+    except MlflowException as err:
+        hint = ("; MLflow keeps params as strings (= != LIKE only, e.g. \"params.depth = '3'\"): "
+                "compare typed values with --where \"depth > 2\"") if "params." in filter_string else ""
+        raise TrackingError(f"bad filter {filter_string!r}: {err.message}{hint}") from err
 
 
 def list_studies(tracking_uri: str) -> list[dict[str, Any]]:
-    """One row per study run (parent run) in the store: study, run name, status, budget, #trials."""
+    """One row per study run (parent run) in the store: study, run name, status, budget, #trials.
+
+    Trials are counted per study run by the database (or a page at a time through a
+    server), never loaded whole."""
     uri = resolve_tracking_uri(tracking_uri)
-    require_existing_store(uri)
-    client = client_for(uri)
+    source = open_source(uri)
     rows = []
-    for exp in _all_experiments(client):
-        runs = with_retry(
-            lambda e=exp: client.search_runs([e.experiment_id], max_results=5000), "search runs"
-        )
-        trials_by_parent: dict[str, int] = {}
-        for run in runs:
-            if run.data.tags.get(TAG_ROLE) == ROLE_TRIAL:
-                parent = run.data.tags.get(TAG_PARENT, "")
-                trials_by_parent[parent] = trials_by_parent.get(parent, 0) + 1
-        for run in runs:
-            tags = run.data.tags
-            if tags.get(TAG_ROLE) != ROLE_STUDY:
-                continue
-            rows.append({
-                "study": exp.name,
-                "run_name": tags.get(TAG_RUN_NAME, run.info.run_name or ""),
-                "status": tags.get(TAG_STATUS, run.info.status.lower()),
-                "budget": tags.get("vaelab.budget", ""),
-                "trials": trials_by_parent.get(run.info.run_id, 0),
-                "planned": tags.get("vaelab.trials_planned", ""),
-                "started": time.strftime("%Y-%m-%d %H:%M", time.localtime((run.info.start_time or 0) / 1000)),
-                "run_id": run.info.run_id,
-            })
+    for exp in _studies(source):
+        counts = source.count_children(exp.experiment_id)
+        for page in source.runs([exp.experiment_id], {TAG_ROLE: ROLE_STUDY}):
+            rows += [_study_row(exp.name, run, counts.get(run.info.run_id, 0)) for run in page]
     return sorted(rows, key=lambda r: (r["study"], r["started"]))
 
 
-def _all_experiments(client: MlflowClient):
-    exps, token = [], None
-    while True:
-        page = with_retry(
-            lambda t=token: client.search_experiments(max_results=1000, page_token=t), "search experiments"
-        )
-        exps.extend(e for e in page if e.name != "Default")
-        token = page.token
-        if not token:
-            return exps
+def _study_row(study: str, run: Any, trials: int) -> dict[str, Any]:
+    tags = run.data.tags
+    return {
+        "study": study,
+        "run_name": tags.get(TAG_RUN_NAME, run.info.run_name or ""),
+        "status": tags.get(TAG_STATUS, run.info.status.lower()),
+        "budget": tags.get("vaelab.budget", ""),
+        "trials": trials,
+        "planned": tags.get("vaelab.trials_planned", ""),
+        "cohorts": tags.get("vaelab.cohorts_planned", ""),
+        "started": time.strftime("%Y-%m-%d %H:%M", time.localtime((run.info.start_time or 0) / 1000)),
+        "run_id": run.info.run_id,
+    }
+
+
+def _studies(source: Any) -> list[Any]:
+    """The store's experiments but MLflow's own `Default`."""
+    return [e for e in source.experiments() if e.name != "Default"]
 
 
 def trial_row(run) -> dict[str, Any]:
     """A child run as plain data: ids, tags that matter, params (strings), last metric values."""
     tags = run.data.tags
-    tag_status = tags.get(TAG_STATUS, "")
-    status = tag_status if tag_status in STATUSES else (
-        "failed" if run.info.status in ("FAILED", "KILLED") else
-        "finished" if run.info.status == "FINISHED" else "running"
-    )
+    status = trial_status(tags.get(TAG_STATUS), run.info.status)
     return {
         "run_id": run.info.run_id,
         "study": tags.get(TAG_STUDY, ""),

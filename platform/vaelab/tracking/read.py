@@ -13,10 +13,10 @@ Conventions read here are those of docs/ARCHITECTURE.md ("MLflow conventions"):
 MLflow keeps params as strings; `typed_params` gives them back their `TrialConfig` types
 (int, float, bool, str, None; dims tuples stay in the papers' '64-32-16' notation).
 
-Cost: one paginated `search_runs` for the whole experiment, then per trial one
-`get_metric_history` per metric key and one `list_artifacts` (+ downloads). Histories and
-artifacts are fetched on a small thread pool; downloaded artifacts of runs that have ended
-are cached by run id and reused.
+Cost: linear in the runs of the study run read (tracking/bulk.py): a database store is
+read with set-based SQL on MLflow's tables, a tracking server with paged searches and bulk
+history calls. Only the study run's own trials are read (a starting run never reads the
+others'), and artifacts are fetched when a caller asks for one (tracking/artifact_files.py).
 
 Only tracking/ imports mlflow; nothing here imports torch or ray. The tag names are those of
 tags.py, shared with the write side (runs.py).
@@ -24,32 +24,40 @@ tags.py, shared with the write side (runs.py).
 
 from __future__ import annotations
 
-import json
+import difflib
+import functools
 import os
-import shutil
-import tempfile
 import types
 import typing
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
 
+import numpy as np
+import pandas as pd
 import yaml
-from mlflow.entities import Run, ViewType
-from mlflow.tracking import MlflowClient
 
 from vaelab.config import TrialConfig
 from vaelab.errors import VaelabError
-from vaelab.tracking.connection import require_existing_store
-from vaelab.tracking.tags import ROLE_STUDY, ROLE_TRIAL, TAG_PARENT, TAG_ROLE, TAG_RUN_NAME
+from vaelab.tracking.artifact_files import ArtifactFiles, ArtifactRoot
+from vaelab.tracking.bulk import RunRecord, RunSource, history_frame, open_source
+from vaelab.tracking.tags import (
+    ROLE_STUDY,
+    ROLE_TRIAL,
+    TAG_PARENT,
+    TAG_ROLE,
+    TAG_RUN_NAME,
+    TAG_STATUS,
+    TAG_TRIAL_ID,
+    TAG_VARIANT,
+    trial_status,
+)
+from vaelab.tracking.uri import redact_uri
 
 STUDY_ARTIFACT = "study.yaml"
 TRIAL_ARTIFACTS = ("unit_kl.json", "latents.npz", "prior_samples.npz")
 ParamKind = Literal["int", "float", "bool", "str", "dims"]
 
-_PAGE_SIZE = 1000
-_CACHE_MARKER = ".vaelab-complete.json"
 
 
 class StudyNotFoundError(VaelabError, LookupError):
@@ -81,6 +89,7 @@ class TrialRun:
     tags: dict[str, str]
     start_time_ms: int | None
     end_time_ms: int | None
+    artifact_uri: str = ""
 
     @property
     def duration_s(self) -> float | None:
@@ -105,6 +114,7 @@ class StudyRecord:
 # --------------------------------------------------------------------------- params
 
 
+@functools.lru_cache(maxsize=None)
 def param_kind(name: str) -> ParamKind:
     """How the MLflow string of param `name` is typed: from TrialConfig's annotation.
 
@@ -116,6 +126,7 @@ def param_kind(name: str) -> ParamKind:
     return _annotation_kind(_strip_optional(info.annotation))
 
 
+@functools.lru_cache(maxsize=None)
 def param_is_optional(name: str) -> bool:
     info = TrialConfig.model_fields.get(name)
     return info is None or _strip_optional(info.annotation) is not info.annotation
@@ -186,10 +197,6 @@ def _parse_bool(text: str) -> bool:
 # --------------------------------------------------------------------------- runs
 
 
-def open_client(tracking_uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
 def _quiet_downloads() -> None:
     # MLflow draws a progress bar per downloaded file; hundreds of runs flood stderr.
     # setdefault: an explicit MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR of the user wins.
@@ -199,24 +206,24 @@ def _quiet_downloads() -> None:
 def read_study(study_name: str, tracking_uri: str, run: str | None = None) -> StudyRecord:
     """A study run (parent run with its parsed study.yaml) and its trial runs.
 
-    `run`: the study run's name (as `vaelab run` printed it) or MLflow run id; None: the
-    newest. One paginated search over the experiment; runs are split into parent/trials
-    here. Raises StudyNotFoundError when there is no experiment named `study_name`, or no
-    study run named `run` (the message lists the names there are).
+    `run`: the study run's name (as `vaelab run` printed it), a unique prefix of it, or its
+    MLflow run id; None: the newest. Reads the study runs of the experiment and the trial
+    runs of the chosen one only. Raises StudyNotFoundError when there is no experiment
+    named `study_name` (with the names there are), or no study run named `run`.
     """
-    require_existing_store(tracking_uri)  # a read never creates a tracking database
-    client = open_client(tracking_uri)
-    experiment = client.get_experiment_by_name(study_name)
+    source = open_source(tracking_uri)
+    experiment = source.experiment(study_name)
     if experiment is None:
-        raise StudyNotFoundError(
-            f"no MLflow experiment named {study_name!r} at {tracking_uri} "
-            "(the experiment name is the study name; `vaelab ls` lists them)"
-        )
-    runs = _search_all_runs(client, experiment.experiment_id)
+        raise StudyNotFoundError(_no_study_message(study_name, tracking_uri, source))
+    parents = _study_runs(source, experiment.experiment_id)
     warnings: list[str] = []
-    parent_run = _pick_parent(runs, warnings) if run is None else _named_parent(study_name, runs, run)
-    parent = _study_run(client, parent_run, warnings) if parent_run is not None else None
-    trials = _trial_runs(runs, parent_run, warnings)
+    parent_run = _pick_parent(parents, warnings) if run is None else _named_parent(study_name, parents, run)
+    parent = _study_run(tracking_uri, parent_run, warnings) if parent_run is not None else None
+    trial_tags = {TAG_ROLE: ROLE_TRIAL}
+    if parent_run is not None:
+        trial_tags[TAG_PARENT] = parent_run.info.run_id
+    trials = [_trial_run(r) for page in source.runs([experiment.experiment_id], trial_tags) for r in page]
+    _warn_duplicate_ids(trials, warnings)
     return StudyRecord(
         study=study_name,
         tracking_uri=tracking_uri,
@@ -227,39 +234,31 @@ def read_study(study_name: str, tracking_uri: str, run: str | None = None) -> St
     )
 
 
-def _search_all_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
-    runs: list[Run] = []
-    token: str | None = None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=_PAGE_SIZE,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+def _no_study_message(study_name: str, tracking_uri: str, source: RunSource) -> str:
+    names = sorted(e.name for e in source.experiments() if e.name != "Default")
+    close = difflib.get_close_matches(study_name, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    known = ", ".join(names) if names else "none"
+    return (f"no study {study_name!r} at {redact_uri(tracking_uri)}{hint} (the study name is the MLflow "
+            f"experiment name; studies there: {known})")
 
 
-def _role(run: Run) -> str:
+def _role(run: RunRecord) -> str:
     return run.data.tags.get(TAG_ROLE, "")
 
 
-def study_run_name(run: Run) -> str:
+def study_run_name(run: RunRecord) -> str:
     """The name `vaelab run` gave a study run (its Tune experiment folder)."""
     return run.data.tags.get(TAG_RUN_NAME) or run.info.run_name or run.info.run_id
 
 
-def _study_runs(runs: list[Run]) -> list[Run]:
+def _study_runs(source: RunSource, experiment_id: str) -> list[RunRecord]:
     """The experiment's study (parent) runs, newest first."""
-    parents = [r for r in runs if _role(r) == ROLE_STUDY]
+    parents = [r for page in source.runs([experiment_id], {TAG_ROLE: ROLE_STUDY}) for r in page]
     return sorted(parents, key=lambda r: (r.info.start_time or 0, r.info.run_id), reverse=True)
 
 
-def _pick_parent(runs: list[Run], warnings: list[str]) -> Run | None:
-    parents = _study_runs(runs)
+def _pick_parent(parents: list[RunRecord], warnings: list[str]) -> RunRecord | None:
     if not parents:
         warnings.append(
             f"no parent run (tag {TAG_ROLE}={ROLE_STUDY}): every trial run of the experiment is used"
@@ -274,17 +273,22 @@ def _pick_parent(runs: list[Run], warnings: list[str]) -> Run | None:
     return parents[0]
 
 
-def _named_parent(study_name: str, runs: list[Run], name: str) -> Run:
-    parents = _study_runs(runs)
+def _named_parent(study_name: str, parents: list[RunRecord], name: str) -> RunRecord:
+    """The study run named `name` (or with that run id); else the one whose name starts with it."""
     for run in parents:
         if name in (study_run_name(run), run.info.run_id):
             return run
-    names = ", ".join(study_run_name(r) for r in parents) or "none"
+    matches = [r for r in parents if study_run_name(r).startswith(name)]
+    if len(matches) == 1:
+        return matches[0]
+    names = ", ".join(study_run_name(r) for r in (matches or parents)) or "none"
+    if len(matches) > 1:
+        raise StudyNotFoundError(f"study {study_name!r}: {name!r} names several runs ({names}); give more of the name")
     raise StudyNotFoundError(f"study {study_name!r} has no run named {name!r}; its runs: {names}")
 
 
-def _study_run(client: MlflowClient, run: Run, warnings: list[str]) -> StudyRun:
-    study_yaml = _read_yaml_artifact(client, run.info.run_id, STUDY_ARTIFACT)
+def _study_run(tracking_uri: str, run: RunRecord, warnings: list[str]) -> StudyRun:
+    study_yaml = _read_yaml_artifact(tracking_uri, run, STUDY_ARTIFACT)
     if study_yaml is None:
         warnings.append(f"parent run {run.info.run_id} has no {STUDY_ARTIFACT} artifact")
     return StudyRun(
@@ -296,35 +300,24 @@ def _study_run(client: MlflowClient, run: Run, warnings: list[str]) -> StudyRun:
     )
 
 
-def _read_yaml_artifact(client: MlflowClient, run_id: str, name: str) -> dict[str, Any] | None:
-    names = {info.path for info in client.list_artifacts(run_id)}
-    if name not in names:
-        return None
+def _read_yaml_artifact(tracking_uri: str, run: RunRecord, name: str) -> dict[str, Any] | None:
+    import tempfile
+
+    root = ArtifactRoot(run.info.run_id, run.info.artifact_uri, run.info.end_time, ended=False)
     _quiet_downloads()
     with tempfile.TemporaryDirectory() as tmp:
-        local = client.download_artifacts(run_id, name, tmp)
-        loaded = yaml.safe_load(Path(local).read_text(encoding="utf-8"))
+        local = ArtifactFiles(tracking_uri, [root], Path(tmp)).path(run.info.run_id, name)
+        loaded = yaml.safe_load(local.read_text(encoding="utf-8")) if local is not None else None
+    if local is None:
+        return None
     if not isinstance(loaded, dict):
-        raise ValueError(f"{name} of run {run_id} is not a mapping")
+        raise ValueError(f"{name} of run {run.info.run_id} is not a mapping")
     return loaded
 
 
-def _trial_runs(runs: list[Run], parent: Run | None, warnings: list[str]) -> list[TrialRun]:
-    trials = [r for r in runs if _role(r) == ROLE_TRIAL]
-    if parent is not None:
-        mine = [r for r in trials if r.data.tags.get(TAG_PARENT) == parent.info.run_id]
-        if len(mine) < len(trials):
-            ignored = len(trials) - len(mine)
-            warnings.append(f"{ignored} trial run(s) of other study runs ignored")
-        trials = mine
-    records = [_trial_run(r) for r in trials]
-    _warn_duplicate_ids(records, warnings)
-    return records
-
-
-def _trial_run(run: Run) -> TrialRun:
+def _trial_run(run: RunRecord) -> TrialRun:
     tags = dict(run.data.tags)
-    trial_id = tags.get("vaelab.trial_id") or run.info.run_name or run.info.run_id
+    trial_id = tags.get(TAG_TRIAL_ID) or run.info.run_name or run.info.run_id
     try:
         params = typed_params(run.data.params)
     except ValueError as err:
@@ -332,32 +325,16 @@ def _trial_run(run: Run) -> TrialRun:
     return TrialRun(
         run_id=run.info.run_id,
         trial_id=trial_id,
-        variant=tags.get("vaelab.variant", ""),
-        status=trial_status(tags.get("vaelab.status"), run.info.status),
+        variant=tags.get(TAG_VARIANT, ""),
+        status=trial_status(tags.get(TAG_STATUS), run.info.status),
         mlflow_status=run.info.status,
         params=params,
-        metrics={k: float(v) for k, v in run.data.metrics.items()},
+        metrics=dict(run.data.metrics),
         tags=tags,
         start_time_ms=run.info.start_time,
         end_time_ms=run.info.end_time,
+        artifact_uri=run.info.artifact_uri,
     )
-
-
-def trial_status(tag: str | None, mlflow_status: str) -> str:
-    """finished / diverged / failed / stopped / running, from the vaelab.status tag and MLflow.
-
-    A terminal tag wins (an unknown one is kept as written, so it is shown, not hidden);
-    otherwise a run MLflow marks FAILED or KILLED has failed (a worker that died before it
-    could tag), FINISHED is finished, anything else is still running.
-    """
-    tag = (tag or "").strip().lower()
-    if tag and tag != "running":
-        return tag
-    if mlflow_status in ("FAILED", "KILLED"):
-        return "failed"
-    if mlflow_status == "FINISHED":
-        return "finished"
-    return "running"
 
 
 def _warn_duplicate_ids(records: list[TrialRun], warnings: list[str]) -> None:
@@ -371,109 +348,49 @@ def _warn_duplicate_ids(records: list[TrialRun], warnings: list[str]) -> None:
 
 # --------------------------------------------------------------------------- histories
 
-History = dict[str, list[tuple[int, float]]]  # metric -> [(step, value)] sorted by step
 
+def read_histories(tracking_uri: str, trials: Iterable[TrialRun]) -> pd.DataFrame:
+    """Every metric history of `trials`: one row per (run_id, metric, step) with its value.
 
-def read_histories(
-    tracking_uri: str, trials: Iterable[TrialRun], workers: int = 4
-) -> dict[str, History]:
-    """Full metric histories of every trial: run_id -> metric -> [(epoch, value)].
-
-    One `get_metric_history` per (run, metric key). When a step was logged more than once
-    (a retried trial re-logs the epochs after its last checkpoint), the value logged last
-    wins, so each (metric, step) appears once.
+    Read in bulk (tracking/bulk.py). When a step was logged more than once (a retried trial
+    re-logs the epochs after its last checkpoint), the value logged last wins.
     """
-    client = open_client(tracking_uri)
     trials = list(trials)
-
-    def fetch(trial: TrialRun) -> tuple[str, History]:
-        return trial.run_id, {key: _history(client, trial.run_id, key) for key in sorted(trial.metrics)}
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return dict(pool.map(fetch, trials))
+    source = open_source(tracking_uri)
+    keys = sorted({k for t in trials for k in t.metrics})
+    frames = list(source.histories([t.run_id for t in trials], keys))
+    return latest_per_step(pd.concat(frames, ignore_index=True) if frames else history_frame([]))
 
 
-def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
-    latest: dict[int, tuple[int, int, float]] = {}
-    for order, metric in enumerate(client.get_metric_history(run_id, key)):
-        rank = (metric.timestamp or 0, order)
-        step = int(metric.step)
-        if step not in latest or rank >= latest[step][:2]:
-            latest[step] = (*rank, float(metric.value))
-    return [(step, latest[step][2]) for step in sorted(latest)]
+def latest_per_step(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep the value logged last (by timestamp, then arrival) for each (run_id, metric, step).
+
+    Sorted on integer codes, not strings: millions of rows at 10,000 trials."""
+    runs = pd.Categorical(frame["run_id"])
+    metrics = pd.Categorical(frame["metric"])
+    steps = frame["step"].to_numpy()
+    order = np.lexsort((frame["timestamp"].to_numpy(), steps, metrics.codes, runs.codes))  # stable
+    r, m, s = runs.codes[order], metrics.codes[order], steps[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = (r[1:] != r[:-1]) | (m[1:] != m[:-1]) | (s[1:] != s[:-1])
+    return frame.iloc[order[last]].drop(columns=["timestamp"]).reset_index(drop=True)
+
+
+def history_of(histories: pd.DataFrame, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """One run's histories as metric -> [(step, value)] sorted by step (for tests and tools)."""
+    mine = histories[histories["run_id"] == run_id].sort_values(["metric", "step"])
+    return {m: list(zip(g["step"].astype(int), g["value"].astype(float))) for m, g in mine.groupby("metric")}
 
 
 # --------------------------------------------------------------------------- artifacts
 
 
-def download_trial_artifacts(
-    tracking_uri: str,
-    trials: Iterable[TrialRun],
-    cache_dir: Path,
-    names: tuple[str, ...] = TRIAL_ARTIFACTS,
-    workers: int = 4,
-) -> dict[str, dict[str, Path]]:
-    """Download `names` of every trial into cache_dir/<run_id>/: run_id -> name -> local path.
-
-    Artifacts may sit at the run's artifact root or one folder below it. A run that has
-    ended is downloaded once: later calls reuse cache_dir/<run_id> when its marker matches
-    the run's end time. Missing artifacts are simply absent from the result.
-    """
-    client = open_client(tracking_uri)
-    cache_dir = Path(cache_dir)
+def trial_artifacts(tracking_uri: str, trials: Iterable[TrialRun], cache_dir: Path) -> ArtifactFiles:
+    """Lazy access to the trials' artifact files (fetched on first ask, see artifact_files.py)."""
     _quiet_downloads()
-
-    def fetch(trial: TrialRun) -> tuple[str, dict[str, Path]]:
-        return trial.run_id, _run_artifacts(client, trial, cache_dir / trial.run_id, names)
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return dict(pool.map(fetch, list(trials)))
-
-
-def _run_artifacts(
-    client: MlflowClient, trial: TrialRun, dest: Path, names: tuple[str, ...]
-) -> dict[str, Path]:
-    fingerprint = {"end_time_ms": trial.end_time_ms, "names": list(names)}
-    cached = _cached_artifacts(dest, fingerprint)
-    if cached is not None:
-        return cached
-    dest.mkdir(parents=True, exist_ok=True)
-    found: dict[str, Path] = {}
-    for name, remote in _locate_artifacts(client, trial.run_id, names).items():
-        local = Path(client.download_artifacts(trial.run_id, remote, str(dest / "remote")))
-        target = dest / name
-        local.replace(target)
-        found[name] = target
-    shutil.rmtree(dest / "remote", ignore_errors=True)
-    if trial.end_time_ms is not None and trial.mlflow_status != "RUNNING":
-        marker = {**fingerprint, "found": sorted(found)}
-        (dest / _CACHE_MARKER).write_text(json.dumps(marker), encoding="utf-8")
-    return found
-
-
-def _cached_artifacts(dest: Path, fingerprint: dict[str, Any]) -> dict[str, Path] | None:
-    marker = dest / _CACHE_MARKER
-    if not marker.is_file():
-        return None
-    saved = json.loads(marker.read_text(encoding="utf-8"))
-    if {k: saved.get(k) for k in fingerprint} != fingerprint:
-        return None
-    found = {name: dest / name for name in saved.get("found", [])}
-    return found if all(p.is_file() for p in found.values()) else None
-
-
-def _locate_artifacts(client: MlflowClient, run_id: str, names: tuple[str, ...]) -> dict[str, str]:
-    """name -> artifact path, looking at the root and one folder down (root wins)."""
-    located: dict[str, str] = {}
-    root = client.list_artifacts(run_id)
-    for info in root:
-        if not info.is_dir and info.path in names:
-            located[info.path] = info.path
-    for folder in sorted((i.path for i in root if i.is_dir)):
-        if len(located) == len(names):
-            break
-        for info in client.list_artifacts(run_id, folder):
-            base = info.path.rsplit("/", 1)[-1]
-            if not info.is_dir and base in names and base not in located:
-                located[base] = info.path
-    return located
+    roots = [
+        ArtifactRoot(t.run_id, t.artifact_uri, t.end_time_ms,
+                     ended=t.end_time_ms is not None and t.mlflow_status != "RUNNING")
+        for t in trials
+    ]
+    return ArtifactFiles(tracking_uri, roots, cache_dir)

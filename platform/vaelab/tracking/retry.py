@@ -1,8 +1,8 @@
 """Retries of MLflow calls: which errors are transient, and exponential backoff until a deadline.
 
 Many trial processes write one SQLite file (or one server), and a metric must never be
-lost, so every MLflow call of tracking/ goes through `with_retry`. Imports mlflow's
-exception type only.
+lost, so every MLflow call of tracking/ goes through `with_retry`. Recognises MLflow's
+exception by its module, without importing mlflow: a read on SQL needs none of it.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import re
 import sqlite3
 import time
 from typing import Callable, Optional, TypeVar
-
-from mlflow.exceptions import MlflowException
 
 from vaelab.tracking.uri import scrub
 
@@ -54,9 +52,13 @@ _TRANSIENT_TEXT = re.compile(
 )
 
 
+def _is_mlflow_error(err: BaseException) -> bool:
+    return any(c.__name__ == "MlflowException" and c.__module__ == "mlflow.exceptions" for c in type(err).__mro__)
+
+
 def is_transient(err: BaseException) -> bool:
     """Whether retrying the same call later may succeed."""
-    if isinstance(err, MlflowException):
+    if _is_mlflow_error(err):
         code = getattr(err, "error_code", "") or ""
         return code not in _PERMANENT_CODES or bool(_TRANSIENT_TEXT.search(str(err)))
     if isinstance(err, (ConnectionError, TimeoutError, sqlite3.OperationalError)):
@@ -105,7 +107,7 @@ def with_retry(
 
 
 def _clearly_transient(err: BaseException) -> bool:
-    if isinstance(err, MlflowException):
+    if _is_mlflow_error(err):
         code = getattr(err, "error_code", "") or ""
         return code in _TRANSIENT_CODES or bool(_TRANSIENT_TEXT.search(str(err)))
     return is_transient(err)

@@ -1,0 +1,163 @@
+"""Trial artifacts as local files, fetched only when asked for and at most once.
+
+A report needs `unit_kl.json` of every trial (units.parquet) but `latents.npz` and
+`prior_samples.npz` of one trial per variant (the figures), so nothing is fetched up front.
+
+- A run whose artifact root is a local folder (a SQLite store's `mlartifacts/`, file://…)
+  is read in place: no MLflow call, no copy.
+- Any other root (a tracking server's `mlflow-artifacts:/…`, s3://…) is downloaded by
+  artifact URI, without the per-download `get_run` of the client, into
+  cache_dir/<run id>/. A run that has ended is downloaded once: a marker with its end time
+  lets later reports reuse the files.
+
+Artifacts may sit at the run's root or one folder below it (root wins).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+from urllib.parse import unquote, urlsplit
+
+_CACHE_MARKER = ".vaelab-complete.json"
+
+
+@dataclass(frozen=True)
+class ArtifactRoot:
+    """Where one run's artifacts live, and whether the run can still change them."""
+
+    run_id: str
+    artifact_uri: str
+    end_time_ms: Optional[int]
+    ended: bool
+
+
+def local_root(artifact_uri: str) -> Optional[Path]:
+    """The local folder of a file:// (or plain path) artifact URI, else None."""
+    parts = urlsplit(artifact_uri)
+    if parts.scheme == "file":
+        return Path(unquote(parts.path))
+    if parts.scheme == "" and artifact_uri:
+        return Path(artifact_uri)
+    return None
+
+
+class ArtifactFiles:
+    """run id + artifact name -> a local file (None when the run has no such artifact)."""
+
+    def __init__(self, tracking_uri: str, roots: Iterable[ArtifactRoot], cache_dir: Path) -> None:
+        self._tracking_uri = tracking_uri
+        self._roots = {r.run_id: r for r in roots}
+        self._cache_dir = Path(cache_dir)
+        self._found: dict[tuple[str, str], Optional[Path]] = {}
+        self._lock = threading.Lock()
+
+    def path(self, run_id: str, name: str) -> Optional[Path]:
+        key = (run_id, name)
+        with self._lock:
+            if key in self._found:
+                return self._found[key]
+        root = self._roots.get(run_id)
+        found = None if root is None else self._fetch(root, name)
+        with self._lock:
+            self._found[key] = found
+        return found
+
+    def paths(self, run_ids: Iterable[str], name: str, workers: int = 8) -> dict[str, Path]:
+        """`name` of each run that has it; remote downloads run on a thread pool."""
+        run_ids = list(run_ids)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            found = pool.map(lambda r: self.path(r, name), run_ids)
+            return {r: p for r, p in zip(run_ids, found) if p is not None}
+
+    def _fetch(self, root: ArtifactRoot, name: str) -> Optional[Path]:
+        local = local_root(root.artifact_uri)
+        if local is not None:
+            return _in_folder(local, name)
+        return self._download(root, name)
+
+    # ----------------------------------------------------------------- remote
+
+    def _download(self, root: ArtifactRoot, name: str) -> Optional[Path]:
+        dest = self._cache_dir / root.run_id
+        known, cached = _cached(dest, root, name)
+        if known:
+            return cached
+        remote = self._locate(root, name)
+        target = None
+        if remote is not None:
+            import mlflow.artifacts
+
+            tmp = dest / f".remote-{name}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            got = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{root.artifact_uri.rstrip('/')}/{remote}", dst_path=str(tmp),
+                tracking_uri=self._tracking_uri))
+            target = dest / name
+            os.replace(got, target)
+            shutil.rmtree(tmp, ignore_errors=True)
+        if root.ended:
+            with self._lock:  # one marker per run, shared by the names fetched in parallel
+                _mark(dest, root, name, target is not None)
+        return target
+
+    def _locate(self, root: ArtifactRoot, name: str) -> Optional[str]:
+        """The artifact's path under the run's root: the root itself, else one folder down."""
+        from mlflow.tracking import MlflowClient
+
+        from vaelab.tracking.connection import client_for
+
+        client: MlflowClient = client_for(self._tracking_uri)
+        listing = client.list_artifacts(root.run_id)
+        if any(not i.is_dir and i.path == name for i in listing):
+            return name
+        for folder in sorted(i.path for i in listing if i.is_dir):
+            for info in client.list_artifacts(root.run_id, folder):
+                if not info.is_dir and info.path.rsplit("/", 1)[-1] == name:
+                    return info.path
+        return None
+
+
+def _in_folder(folder: Path, name: str) -> Optional[Path]:
+    direct = folder / name
+    if direct.is_file():
+        return direct
+    below = sorted(p for p in folder.glob(f"*/{name}") if p.is_file())
+    return below[0] if below else None
+
+
+def _marker_path(dest: Path) -> Path:
+    return dest / _CACHE_MARKER
+
+
+def _cached(dest: Path, root: ArtifactRoot, name: str) -> tuple[bool, Optional[Path]]:
+    """(known, file): known is False when the artifact must be fetched; file is None when
+    the ended run is known not to have it."""
+    marker = _marker_path(dest)
+    if not root.ended or not marker.is_file():
+        return False, None
+    saved = json.loads(marker.read_text(encoding="utf-8"))
+    if saved.get("end_time_ms") != root.end_time_ms or name not in saved.get("names", {}):
+        return False, None
+    if not saved["names"][name]:
+        return True, None
+    path = dest / name
+    return (True, path) if path.is_file() else (False, None)
+
+
+def _mark(dest: Path, root: ArtifactRoot, name: str, present: bool) -> None:
+    marker = _marker_path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    saved = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else {}
+    if saved.get("end_time_ms") != root.end_time_ms:
+        saved = {"end_time_ms": root.end_time_ms, "names": {}}
+    saved["names"][name] = present
+    tmp = dest / f".{_CACHE_MARKER}.tmp"
+    tmp.write_text(json.dumps(saved), encoding="utf-8")
+    os.replace(tmp, marker)
