@@ -1,6 +1,6 @@
 """Real services for the cluster tests, all on 127.0.0.1: a throwaway PostgreSQL cluster,
 an MLflow tracking server in front of it (started with `vaelab server`), and a multi-node
-Ray cluster made of `ray start --block` processes.
+Ray cluster made of `ray start --block` processes, and an S3 server (moto) with a relay in front.
 
 Every process started here runs in a session of its own and is stopped through that
 process group (or by the PID of a process whose command line names our own temporary
@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,6 +321,7 @@ class TrackingServer:
     workers: int = 1
     proc: Optional[subprocess.Popen] = None
     starts: int = 0
+    extra_env: dict = field(default_factory=dict)  # e.g. the S3 endpoint and keys of s3:// artifacts
 
     def __post_init__(self) -> None:
         self.port = self.port or free_port()
@@ -334,7 +336,7 @@ class TrackingServer:
 
     def start(self, timeout: float = 120.0) -> "TrackingServer":
         self.starts += 1
-        env = tool_env(MLFLOW_BACKEND_STORE_URI=self.backend_store_uri)
+        env = tool_env(MLFLOW_BACKEND_STORE_URI=self.backend_store_uri, **self.extra_env)
         handle = open(self.log, "a")
         handle.write(f"\n=== start {self.starts} ===\n")
         handle.flush()
@@ -385,6 +387,7 @@ class RayCluster:
     proc: Optional[subprocess.Popen] = None
     info: dict = field(default_factory=dict)
     workers: list[str] = field(default_factory=list)
+    extra_env: dict = field(default_factory=dict)  # every node's environment, e.g. S3 endpoint and keys
 
     def __post_init__(self) -> None:
         self.dashboard_port, self.client_port = free_ports(2)
@@ -414,7 +417,7 @@ class RayCluster:
         # two busy cores.
         return tool_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE=self.auth_mode,
                         RAY_AUTH_TOKEN_PATH=str(self.token_path), RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S="60",
-                        **extra)
+                        **{**self.extra_env, **extra})
 
     def start(self, timeout: float = 240) -> "RayCluster":
         script = Path(__file__).with_name("ray_cluster_controller.py")
@@ -486,3 +489,117 @@ class RayCluster:
                                          headers={"Authorization": f"Bearer {self.token_path.read_text().strip()}"})
         with urllib.request.urlopen(request, timeout=10) as resp:
             return json.loads(resp.read().decode())
+
+
+# --------------------------------------------------------------------------- S3 (moto)
+
+
+def moto_missing_reason() -> Optional[str]:
+    try:
+        import boto3  # noqa: F401
+        import moto.server  # noqa: F401
+    except ImportError:
+        return "moto[server] and boto3 are not installed (pip install -e '.[dev]')"
+    return None
+
+
+@dataclass
+class S3Server:
+    """An S3-compatible server on 127.0.0.1: moto's (`moto_server`, a process of its own)
+    behind a TCP relay of its own process (tests/tcp_relay.py). Clients reach the relay's
+    port. moto keeps objects in its memory only, so `restart` restarts the relay: every
+    connection is cut and new ones are refused while it is down, and the objects are still
+    there when it comes back, as with a real S3 server that restarts.
+
+    Access keys of its own (`key_id`, `secret`): any are accepted until `require_auth`."""
+
+    root: Path
+    key_id: str = "vaelab-test-key-id"
+    secret: str = field(default_factory=lambda: "s3-secret-" + secrets.token_hex(8))
+    region: str = "us-east-1"
+    port: int = 0
+    moto_port: int = 0
+    proc: Optional[subprocess.Popen] = None
+    relay: Optional[subprocess.Popen] = None
+
+    def __post_init__(self) -> None:
+        self.port, self.moto_port = (self.port, self.moto_port) if self.port else free_ports(2)
+        self.log = self.root / "moto.log"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """What pyarrow (Ray Tune's storage), boto3 and MLflow need to reach this server."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
+                "AWS_ACCESS_KEY_ID": self.key_id, "AWS_SECRET_ACCESS_KEY": self.secret,
+                "AWS_DEFAULT_REGION": self.region, "AWS_EC2_METADATA_DISABLED": "true", **extra}
+
+    def start(self, timeout: float = 60) -> "S3Server":
+        handle = open(self.log, "a")
+        self.proc = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.moto_port)],
+                                     env=tool_env(), stdout=handle, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        handle.close()
+        wait_until(lambda: self._answers(self.moto_port), timeout, what=f"moto on port {self.moto_port} ({self.log})")
+        self.start_relay(timeout)
+        return self
+
+    def start_relay(self, timeout: float = 30) -> None:
+        script = Path(__file__).with_name("tcp_relay.py")
+        self.relay = subprocess.Popen([sys.executable, str(script), str(self.port), str(self.moto_port)],
+                                      env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True)
+        wait_until(lambda: self._answers(self.port), timeout, what=f"the S3 relay on port {self.port}")
+
+    def _answers(self, port: int) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=2) as resp:
+                return resp.status < 500
+        except urllib.error.HTTPError as err:
+            return err.code < 500
+        except OSError:
+            return False
+
+    def restart(self, down_s: float = 5.0) -> None:
+        """The endpoint goes away (connections cut, new ones refused) and comes back."""
+        stop_group(self.relay, signal.SIGKILL)
+        time.sleep(down_s)
+        self.start_relay()
+
+    def client(self, service: str = "s3", key_id: Optional[str] = None, secret: Optional[str] = None):
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.endpoint, region_name=self.region,
+                            aws_access_key_id=key_id or self.key_id, aws_secret_access_key=secret or self.secret)
+
+    def create_bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+    def read(self, bucket: str, key: str) -> bytes:
+        return self.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def require_auth(self) -> None:
+        """From now on only a key moto knows is accepted: an IAM user allowed everything,
+        whose new access key becomes `key_id` / `secret`."""
+        iam = self.client("iam")
+        iam.create_user(UserName="vaelab")
+        iam.put_user_policy(UserName="vaelab", PolicyName="all", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+        key = iam.create_access_key(UserName="vaelab")["AccessKey"]
+        self.key_id, self.secret = key["AccessKeyId"], key["SecretAccessKey"]
+        request = urllib.request.Request(f"{self.endpoint}/moto-api/reset-auth", data=b"0", method="POST",
+                                         headers={"Content-Type": "text/plain"})  # not a form: moto reads the body
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+    def stop(self) -> None:
+        stop_group(self.relay, signal.SIGKILL)
+        stop_group(self.proc, signal.SIGTERM, timeout=10)
+        self.relay = self.proc = None

@@ -40,8 +40,8 @@ from vaelab.studies.plan import (
 )
 from vaelab.studies.progress import summary_table, time_line, trial_count
 from vaelab.studies.storage import (
+    check_storage,
     find_run_name,
-    is_remote_storage,
     join_path,
     path_exists,
     read_sidecar,
@@ -105,6 +105,7 @@ def run_study(
         raise RunnerError(f"study {plan.study!r} has no trials to run")
     cwd = Path.cwd()  # before ray.init: see leave_job_working_directory
     storage_uri = resolve_storage(storage)
+    check_storage(storage_uri)  # before the tracking store and Ray: nothing is started on a bad bucket
     check_job_paths(storage_uri, resolve_tracking_uri(tracking_uri))
     uri = check_reachable(tracking_uri or resolve_tracking_uri(None))
     run_name = name or default_run_name(plan)
@@ -168,6 +169,7 @@ def resume_study(
     """Continue an interrupted study: unfinished and errored trials resume from their last
     checkpoint; finished trials are not rerun (Tuner.restore)."""
     storage_uri = resolve_storage(storage)
+    check_storage(storage_uri)
     name = find_run_name(storage_uri, name)
     experiment_path = join_path(storage_uri, name)
     meta = read_sidecar(experiment_path)
@@ -191,10 +193,10 @@ def resume_study(
         ended = sum(r["status"] in ("finished", "diverged") for r in rows)
         echo(f"resuming {name} (study {meta['study']}) from {experiment_path}: {ended} trial run(s) "
              "already ended in MLflow are not rerun")
-        if not is_remote_storage(experiment_path):
-            for missing, source in tune_state.repair_missing_checkpoints(Path(experiment_path)):
-                echo(f"  {missing.parent.name}: {missing.name} (named by Tune's last saved state, deleted "
-                     f"after it) re-created from {source.name}")
+        # Local, mounted and s3:// storage alike (tune_state works through pyarrow.fs).
+        for missing, source in tune_state.repair_missing_checkpoints(experiment_path):
+            echo(f"  {missing.parent.name}: {missing.name} (named by Tune's last saved state, deleted "
+                 f"after it) re-created from {source.name}")
         tuner = restored_tuner(experiment_path, meta["resources"])
         reopen_study_run(info)  # only once Tune's state loads: a refused resume changes nothing
         results, interrupted = _fit(tuner)

@@ -8,23 +8,26 @@ does not exist on storage anymore") on every retry.
 
 vaelab's checkpoints record their own epoch, step and RNG state (train.Trainer.save), so
 any newer checkpoint of the same trial is a valid — and better — starting point: each
-checkpoint the state names but the disk lacks is re-created as a copy of the newest
+checkpoint the state names but the storage lacks is re-created as a copy of the newest
 checkpoint in that trial's directory. Epochs the lost attempt already logged are not
-logged again (trial._restore). No Ray import; nothing is unpickled: the paths are read
-as bytes out of the hex-encoded pickles Tune embeds in the JSON.
+logged again (trial._restore).
+
+The experiment may be a local (or mounted) directory or s3://...: everything goes through
+pyarrow.fs, the filesystems Tune itself uses. Tune records a checkpoint by its path inside
+that filesystem ("/abs/exp/trial/checkpoint_000004" on disk, "bucket/exp/trial/..." on
+S3). No Ray import; nothing is unpickled: the paths are read as bytes out of the
+hex-encoded pickles Tune embeds in the JSON.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
-from pathlib import Path
-from typing import Any, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator, Union
 
 CHECKPOINT_DIR = re.compile(r"^checkpoint_\d{6}$")
-# an absolute path ending in a checkpoint directory, inside pickled bytes
-_PICKLED_PATH = re.compile(rb"/[\x21-\x7e][\x20-\x7e]*?/checkpoint_\d{6}(?![0-9])")
+STATE_FILE = re.compile(r"^experiment_state-.*\.json$")
 
 
 def newest_state_file(experiment_dir: Path) -> Path | None:
@@ -34,36 +37,92 @@ def newest_state_file(experiment_dir: Path) -> Path | None:
 
 
 def referenced_checkpoints(state_file: Path) -> set[Path]:
-    """Every absolute checkpoint directory path the experiment state mentions."""
-    data = json.loads(state_file.read_text())
-    found: set[Path] = set()
-    for blob in _pickled_blobs(data):
-        # "/" + lstrip: a pickled string's length byte may itself be "/" (47)
-        found.update(Path("/" + m.group().decode("ascii", "replace").lstrip("/"))
-                     for m in _PICKLED_PATH.finditer(blob))
+    """Every checkpoint directory inside `state_file`'s experiment directory that the state names."""
+    root = str(state_file.parent.resolve())
+    return {Path(p) for p in _named_checkpoints(state_file.read_bytes(), root)}
+
+
+def repair_missing_checkpoints(experiment: Union[Path, str]) -> list[tuple[Any, Any]]:
+    """Re-create checkpoints the state names but the storage lacks; returns (missing, copied_from)
+    as `Path`s for a local directory, `PurePosixPath`s inside the bucket for s3://.
+
+    Only paths inside the experiment are touched, and only when the trial's directory
+    still holds a newer checkpoint to copy."""
+    fs, root = _filesystem(experiment)
+    state = _newest_state(fs, root)
+    if state is None:
+        return []
+    with fs.open_input_stream(state) as src:
+        named = _named_checkpoints(src.read(), root)
+    local = isinstance(experiment, Path) or "://" not in str(experiment)
+    kind = Path if local else PurePosixPath
+    repaired = []
+    for path in sorted(named):
+        source = _newer_checkpoint(fs, path)
+        if source is None:
+            continue
+        _copy_dir(fs, source, path)
+        repaired.append((kind(path), kind(source)))
+    return repaired
+
+
+def _filesystem(experiment: Union[Path, str]) -> tuple[Any, str]:
+    """(pyarrow filesystem, the experiment's path inside it) for a directory or a URI."""
+    import pyarrow.fs
+
+    text = str(experiment)
+    if "://" in text and not text.startswith("file://"):
+        fs, inner = pyarrow.fs.FileSystem.from_uri(text)
+        return fs, inner.rstrip("/")
+    return pyarrow.fs.LocalFileSystem(), str(Path(text.removeprefix("file://")).resolve())
+
+
+def _newest_state(fs: Any, root: str) -> str | None:
+    import pyarrow.fs
+
+    entries = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    states = sorted(e.path for e in entries if e.type == pyarrow.fs.FileType.File and STATE_FILE.match(e.base_name))
+    return states[-1] if states else None
+
+
+def _named_checkpoints(state: bytes, root: str) -> set[str]:
+    """The checkpoint paths under `root` that the pickles inside the state JSON name. Matching
+    from `root` itself also skips the pickled length byte before a string (which may be "/")."""
+    pattern = re.compile(re.escape(root.encode()) + rb"/[\x20-\x7e]+?/checkpoint_\d{6}(?![0-9])")
+    found: set[str] = set()
+    for blob in _pickled_blobs(json.loads(state)):
+        for match in pattern.finditer(blob):
+            path = match.group().decode("ascii", "replace")
+            if "/" not in path[len(root) + 1 :].rsplit("/", 1)[0]:  # root/TRIAL/checkpoint_N, nothing deeper
+                found.add(path)
     return found
 
 
-def repair_missing_checkpoints(experiment_dir: Path) -> list[tuple[Path, Path]]:
-    """Re-create checkpoints the state names but the disk lacks; returns (missing, copied_from).
+def _newer_checkpoint(fs: Any, path: str) -> str | None:
+    """The trial's newest checkpoint when `path` is missing and a newer one exists, else None."""
+    import pyarrow.fs
 
-    Only paths inside `experiment_dir` are touched, and only when the trial's directory
-    still holds a newer checkpoint to copy."""
-    state = newest_state_file(experiment_dir)
-    if state is None:
-        return []
-    root = experiment_dir.resolve()
-    repaired = []
-    for path in sorted(referenced_checkpoints(state)):
-        if path.exists() or root not in path.parents or not CHECKPOINT_DIR.match(path.name):
-            continue
-        on_disk = sorted(p for p in path.parent.glob("checkpoint_*") if p.is_dir() and CHECKPOINT_DIR.match(p.name))
-        newer = [p for p in on_disk if p.name > path.name]
-        if not newer:
-            continue
-        shutil.copytree(newer[-1], path)
-        repaired.append((path, newer[-1]))
-    return repaired
+    name = path.rsplit("/", 1)[1]
+    if not CHECKPOINT_DIR.match(name) or fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
+        return None
+    trial_dir = path.rsplit("/", 1)[0]
+    siblings = fs.get_file_info(pyarrow.fs.FileSelector(trial_dir, allow_not_found=True))
+    newer = sorted(e.path for e in siblings if e.type == pyarrow.fs.FileType.Directory
+                   and CHECKPOINT_DIR.match(e.base_name) and e.base_name > name)
+    return newer[-1] if newer else None
+
+
+def _copy_dir(fs: Any, source: str, target: str) -> None:
+    """Every file under `source` copied to the same place under `target` (on S3 a server-side copy)."""
+    import pyarrow.fs
+
+    fs.create_dir(target, recursive=True)
+    for entry in fs.get_file_info(pyarrow.fs.FileSelector(source, recursive=True)):
+        relative = entry.path[len(source) + 1 :]
+        if entry.type == pyarrow.fs.FileType.Directory:
+            fs.create_dir(f"{target}/{relative}", recursive=True)
+        elif entry.type == pyarrow.fs.FileType.File:
+            fs.copy_file(entry.path, f"{target}/{relative}")
 
 
 def _pickled_blobs(node: Any) -> Iterator[bytes]:
