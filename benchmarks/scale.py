@@ -67,8 +67,9 @@ def build_store(base: Path, n: int, out: Path) -> Path:
 
 
 def _base_runs(con: sqlite3.Connection) -> tuple[str, list[str]]:
-    parent = con.execute(
-        "SELECT run_uuid FROM tags WHERE key = 'vaelab.role' AND value = 'study'").fetchone()[0]
+    parent = con.execute(  # the newest study run: a store may hold older ones, left as they are
+        "SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid"
+        " WHERE t.key = 'vaelab.role' AND t.value = 'study' ORDER BY r.start_time DESC").fetchone()[0]
     trials = [r for (r,) in con.execute(
         "SELECT run_uuid FROM tags WHERE key = 'mlflow.parentRunId' AND value = ? ORDER BY run_uuid", (parent,))]
     return parent, trials
@@ -113,6 +114,8 @@ def _relink_artifacts(con: sqlite3.Connection, base: Path, out: Path, mapping: l
     for old, new, _ in mapping:
         src = Path(urlsplit(uris[new]).path.replace(new, old))
         dest = Path(urlsplit(uris[new].replace(base_root, out_root)).path)
+        if not src.is_dir():  # a trial that failed before exporting anything
+            continue
         dest.mkdir(parents=True)
         for f in src.iterdir():
             os.link(f, dest / f.name)

@@ -195,6 +195,29 @@ def test_query_json_csv_parquet(small_store: str, tmp_path: Path) -> None:
     assert no_out.exit_code == 2 and "--out" in no_out.output
 
 
+def test_query_of_a_study_reads_its_newest_run_unless_told_otherwise(small_store: str) -> None:
+    """As report and claims do; --all-runs mixes the runs, and the run used is named."""
+    from vaelab.config import trial_config
+
+    newer = start_study_run(small_store, "qstudy", "qstudy-test-2", spec_hash="h", budget="test", study_yaml="name: q\n")
+    config = trial_config({"dataset": "digits", "depth": 1, "batch_norm": True, "epochs": 2})
+    run = TrialRun.open(newer, "n0", run_name="variant=VAE+BN", params=config.to_params(), tags={TAG_VARIANT: "VAE+BN"})
+    run.log_epoch(1, {"epoch": 1, "test_elbo": -90.0})
+    run.finish("finished")
+    finish_study_run(newer, "finished")
+
+    newest = invoke("query", "--study", "qstudy", "--format", "json", "--tracking-uri", small_store)
+    assert newest.exit_code == 0, newest.output
+    assert [r["trial_id"] for r in json.loads(newest.stdout)] == ["n0"]
+    assert "run qstudy-test-2 (newest of 2; --run NAME for another, --all-runs for every run)" in newest.stderr
+    mixed = invoke("query", "--study", "qstudy", "--all-runs", "--format", "json", "--tracking-uri", small_store)
+    assert {r["trial_id"] for r in json.loads(mixed.stdout)} == {"q0", "q1", "q2", "n0"}
+    # booleans as a study file writes them ('true'), though MLflow holds str(True)
+    for literal in ("true", "True", "TRUE"):
+        found = invoke("query", f"params.batch_norm = '{literal}'", "--format", "json", "--tracking-uri", small_store)
+        assert [r["trial_id"] for r in json.loads(found.stdout)] == ["n0"], (literal, found.output)
+
+
 def test_query_bad_filter_is_a_clean_error(small_store: str) -> None:
     result = invoke("query", "params.depth === 2", "--tracking-uri", small_store)
     assert result.exit_code == 2 and "Traceback" not in result.output

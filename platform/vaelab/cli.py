@@ -324,6 +324,16 @@ def _full_run_name(uri: str, study: Optional[str], given: Optional[str]) -> Opti
     fail(f"--run {given!r}: no run of {where} is named so or starts so; its runs: {', '.join(names)} "
          "(newest first; `vaelab ls` lists every study's runs)")
 
+def _newest_run(uri: str, study: str) -> Optional[str]:
+    """The newest run of `study` (what report and claims read by default), said on stderr."""
+    names = [r["run_name"] for r in _recorded_studies(uri) if r["study"] == study]
+    if not names:
+        return None
+    others = f" (newest of {len(names)}; --run NAME for another, --all-runs for every run)" if len(names) > 1 else ""
+    typer.echo(f"study {study}: run {names[-1]}{others}", err=True)
+    return names[-1]
+
+
 _QUERY_METRICS = ("test_ll_iw", "test_elbo", "train_elbo", "kl_total", "active_units", "epoch", "wall_time_s")
 
 
@@ -332,6 +342,7 @@ def query(
     filter_string: Optional[str] = typer.Argument(None, metavar="[FILTER]", help="MLflow search filter, e.g. \"params.inference = 'lvae' and metrics.test_elbo > -90\" (params are strings there: = != LIKE only)"),
     study: Optional[str] = typer.Option(None, "--study", help="Only this study (MLflow experiment)"),
     run_name: Optional[str] = typer.Option(None, "--run", help="Only this run of a study (a name `vaelab ls` lists, or a unique start of it)"),
+    all_runs: bool = typer.Option(False, "--all-runs", help="With --study: every run of the study [default: its newest run, as report and claims]"),
     where: Optional[str] = typer.Option(None, "--where", help="Typed filter on params and final metrics, e.g. \"depth > 2 and test_ll_iw > -90\" (pandas query syntax)"),
     fmt: Format = typer.Option(Format.table, "--format", help="table | csv | json | parquet"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write to this file instead of stdout (required for parquet)"),
@@ -342,7 +353,10 @@ def query(
         from vaelab.tracking.queries import search_trial_runs
 
         uri = _tracking_uri(tracking_uri)
-        rows = search_trial_runs(uri, filter_string or "", study, _full_run_name(uri, study, run_name))
+        run = _full_run_name(uri, study, run_name)
+        if study and not run and not all_runs:
+            run = _newest_run(uri, study)
+        rows = search_trial_runs(uri, filter_string or "", study, run)
     frame = query_frame(rows, wide=fmt is not Format.table, where=where)
     if fmt is Format.parquet:
         if out is None:

@@ -7,10 +7,13 @@ read.py. Imports mlflow.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
-from vaelab.tracking.bulk import filter_runs, open_source
+from vaelab.tracking.bulk import filter_runs, open_source, quote
+from vaelab.tracking.paging import PAGE_SIZE, all_pages
+from vaelab.tracking.read import param_kind, study_run_name
 from vaelab.tracking.connection import client_for
 from vaelab.tracking.retry import with_retry
 from vaelab.tracking.tags import (
@@ -40,28 +43,14 @@ if TYPE_CHECKING:  # pragma: no cover - typing only (runs.py imports this module
 
 def find_runs(client: MlflowClient, experiment_id: str, tags: Mapping[str, str], with_retries: bool = True):
     """Active runs of the experiment whose tags equal `tags`, newest first."""
-    clauses = [f"tags.`{k}` = '{_quote(v)}'" for k, v in tags.items()]
+    clauses = " and ".join(f"tags.`{k}` = '{quote(v)}'" for k, v in tags.items())
 
     def call():
-        runs, token = [], None
-        while True:
-            page = client.search_runs(
-                [experiment_id],
-                filter_string=" and ".join(clauses),
-                max_results=1000,
-                order_by=["attributes.start_time DESC"],
-                page_token=token,
-            )
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
+        return all_pages(lambda token: client.search_runs(
+            [experiment_id], filter_string=clauses, max_results=PAGE_SIZE,
+            order_by=["attributes.start_time DESC"], page_token=token))
 
     return with_retry(call, "search runs") if with_retries else call()
-
-
-def _quote(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace("'", "\\'")
 
 
 def list_trial_runs(info: StudyRunInfo) -> list[dict[str, Any]]:
@@ -100,12 +89,14 @@ def search_trial_runs(
 ) -> list[dict[str, Any]]:
     """Trial runs matching an MLflow search filter (`params.depth = '2' and metrics.test_elbo > -90`),
     in one study or in every study of the store; `run`: only the trials of that study run
-    (its name as `vaelab run` printed it). Each row's `run_name` names its study run.
+    (its name as `vaelab run` printed it, or its MLflow run id). Each row's `run_name` names
+    its study run.
 
     Read in bulk and a page at a time (tracking/bulk.py); the filter is MLflow's own
     evaluator, applied to each page, so its semantics are MLflow's."""
     uri = resolve_tracking_uri(tracking_uri)
     source = open_source(uri)
+    filter_string = bool_literals_as_stored(filter_string)
     _check_filter(filter_string)
     if study:
         exp = source.experiment(study)
@@ -115,12 +106,30 @@ def search_trial_runs(
         experiment_ids = [exp.experiment_id]
     else:
         experiment_ids = [e.experiment_id for e in _studies(source)]
-    tags = {TAG_ROLE: ROLE_TRIAL, **({TAG_RUN_NAME: run} if run else {})}
-    rows = [trial_row(r) for page in source.runs(experiment_ids, tags) for r in filter_runs(page, filter_string)]
-    if run and not rows and not filter_string.strip():
-        raise TrackingError(f"no trial runs of a study run named {run!r} in {redact_uri(uri)} "
-                            "(`vaelab ls` lists the run names)")
-    return rows
+    if run:
+        parents = [p.info.run_id for page in source.runs(experiment_ids, {TAG_ROLE: ROLE_STUDY}) for p in page
+                   if run in (study_run_name(p), p.info.run_id)]
+        if not parents:
+            raise TrackingError(f"no study run named {run!r} in {redact_uri(uri)} (`vaelab ls` lists the run names)")
+        selections = [{TAG_ROLE: ROLE_TRIAL, TAG_PARENT: parent} for parent in parents]
+    else:
+        selections = [{TAG_ROLE: ROLE_TRIAL}]
+    return [trial_row(r) for tags in selections for page in source.runs(experiment_ids, tags)
+            for r in filter_runs(page, filter_string)]
+
+
+_BOOL_PARAM = re.compile(r"(params\.(`?)(\w+)\2\s*(?:=|!=)\s*)'(true|false)'", re.IGNORECASE)
+
+
+def bool_literals_as_stored(filter_string: str) -> str:
+    """`params.batch_norm = 'true'` as MLflow holds it ('True'): a YAML `true`, written as the
+    study file writes it, must find the runs. Only params that are booleans change."""
+    def canonical(match: re.Match[str]) -> str:
+        if param_kind(match.group(3)) != "bool":
+            return match.group(0)
+        return f"{match.group(1)}'{match.group(4).capitalize()}'"
+
+    return _BOOL_PARAM.sub(canonical, filter_string)
 
 
 def _check_filter(filter_string: str) -> None:
