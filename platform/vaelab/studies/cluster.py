@@ -54,7 +54,8 @@ def connect_ray(
     if ray.is_initialized():
         return False
     env_vars = {"MLFLOW_TRACKING_URI": tracking_uri}
-    env_vars.update({k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)})
+    # an endpoint URL with user:password@ in it stays in this process's (and the nodes') environment
+    env_vars.update({k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k) and not has_credentials(os.environ[k])})
     env_vars = _without_job_env_vars(env_vars)
     if "MLFLOW_TRACKING_URI" in env_vars and has_credentials(tracking_uri):
         env_vars.pop("MLFLOW_TRACKING_URI")
