@@ -83,7 +83,9 @@ def inputs_from_mlflow(study: str, tracking_uri: str, run: Optional[str] = None)
     trials = with_labels(parquet.trials_table(study, record.trials).to_pandas())
     study_yaml = dict(record.parent.study_yaml or {}) if record.parent else {}
     run_name = record.parent.run_name if record.parent else "no study run"
-    origin = f"MLflow {tracking_uri}, study run {run_name}"
+    from vaelab.tracking.uri import redact_uri  # `vaelab claims` prints the origin
+
+    origin = f"MLflow {redact_uri(tracking_uri)}, study run {run_name}"
     return ClaimInputs(report_spec(record), trials, study_yaml, origin, list(record.warnings))
 
 
