@@ -13,6 +13,12 @@ hard links: building 10,000 trials takes seconds, not the hours training them wo
     python benchmarks/scale.py time --store /tmp/scale/n1000
     python benchmarks/scale.py sweep --base /tmp/scale/base --n 100,1000,10000 --root /tmp/scale
 
+`server` does the same through a tracking server: the store's rows are copied into a fresh
+PostgreSQL (a throwaway cluster on 127.0.0.1) behind `vaelab server`, which serves the
+artifacts from the store's folder (mlflow-artifacts:/ URIs, downloaded over HTTP):
+
+    python benchmarks/scale.py server --store /tmp/scale/n1000
+
 `time` runs each command as its own process (as a user would) and reads the child's
 resource usage: wall seconds, CPU seconds (user + system: the steadier figure on a shared
 machine) and peak resident memory. `sweep` builds and times each N and fits the per-trial
@@ -151,10 +157,11 @@ def timed(name: str, argv: list[str], cwd: Path) -> Timing:
                   os.waitstatus_to_exitcode(status), tail[0][:160])
 
 
-def time_commands(store: Path) -> list[Timing]:
-    uri = f"sqlite:///{(store / 'mlflow.db').resolve()}"
-    out = store / "report"
+def time_commands(store: Path, uri: str = "", prefix: str = "") -> list[Timing]:
+    uri = uri or f"sqlite:///{(store / 'mlflow.db').resolve()}"
+    out = store / f"{prefix}report"
     shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(store / "artifact-cache", ignore_errors=True)  # cold: nothing downloaded yet
     commands = {
         "report": [str(VAELAB), "report", "smoke", "--tracking-uri", uri, "--out", str(out)],
         "query": [str(VAELAB), "query", "--study", "smoke", "--tracking-uri", uri, "--format", "csv",
@@ -162,7 +169,65 @@ def time_commands(store: Path) -> list[Timing]:
         "claims": [str(VAELAB), "claims", "smoke", "--tracking-uri", uri],
         "ls": [str(VAELAB), "ls", "--tracking-uri", uri, "--ablations", str(store)],
     }
-    return [timed(name, argv, store) for name, argv in commands.items()]
+    return [timed(prefix + name, argv, store) for name, argv in commands.items()]
+
+
+# --------------------------------------------------------------------------- through a server
+
+_COPIED_TABLES = ("runs", "tags", "params", "metrics", "latest_metrics")
+
+
+def copy_to_postgres(store: Path, pg_uri: str) -> None:
+    """The SQLite store's experiments and runs, row for row, into an MLflow schema on PostgreSQL;
+    artifact roots become the server's mlflow-artifacts:/ URIs."""
+    import psycopg2
+    import sqlalchemy
+
+    subprocess.run([str(VAELAB.with_name("mlflow")), "db", "upgrade", pg_uri], check=True, capture_output=True)
+    src = sqlite3.connect(store / "mlflow.db")
+    root = f"file://{(store / 'mlartifacts').resolve()}"
+    dst = psycopg2.connect(sqlalchemy.engine.make_url(pg_uri).render_as_string(hide_password=False)
+                           .replace("postgresql+psycopg2", "postgresql"))
+    with dst, dst.cursor() as cur:
+        exps = src.execute("SELECT experiment_id, name, artifact_location, lifecycle_stage, creation_time,"
+                           " last_update_time FROM experiments WHERE name != 'Default'").fetchall()
+        cur.executemany("INSERT INTO experiments (experiment_id, name, artifact_location, lifecycle_stage,"
+                        " creation_time, last_update_time) VALUES (%s, %s, %s, %s, %s, %s)",
+                        [(e[0], e[1], e[2].replace(root, "mlflow-artifacts:"), *e[3:]) for e in exps])
+        for table in _COPIED_TABLES:
+            cursor = src.execute(f"SELECT * FROM {table}")
+            columns = [d[0] for d in cursor.description]
+            while rows := cursor.fetchmany(50_000):
+                if table == "runs":
+                    at = columns.index("artifact_uri")
+                    rows = [(*r[:at], r[at].replace(root, "mlflow-artifacts:"), *r[at + 1:]) for r in rows]
+                if table in ("metrics", "latest_metrics"):  # SQLite keeps booleans as 0/1
+                    at = columns.index("is_nan")
+                    rows = [(*r[:at], bool(r[at]), *r[at + 1:]) for r in rows]
+                marks = ", ".join(["%s"] * len(columns))
+                psycopg2.extras.execute_values(cur, f"INSERT INTO {table} ({', '.join(columns)}) VALUES %s", rows,
+                                               template=f"({marks})", page_size=5000)
+        cur.execute("ANALYZE")
+
+
+def time_through_server(store: Path) -> list[Timing]:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import psycopg2.extras  # noqa: F401 - execute_values
+    from cluster_helpers import Postgres, TrackingServer
+
+    pg_root = store / "pg"
+    shutil.rmtree(pg_root, ignore_errors=True)
+    pg_root.mkdir()
+    postgres = Postgres(pg_root).start()
+    server = None
+    try:
+        copy_to_postgres(store, postgres.uri)
+        server = TrackingServer(postgres.uri, store / "mlartifacts", store / "server.log", workers=2).start()
+        return time_commands(store, server.uri, prefix="server-")
+    finally:
+        if server is not None:
+            server.stop()
+        postgres.stop()
 
 
 def cpu_model() -> str:
@@ -170,6 +235,11 @@ def cpu_model() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
+
+
+def _trials_in(store: Path) -> int:
+    with sqlite3.connect(store / "mlflow.db") as con:
+        return con.execute("SELECT COUNT(*) FROM tags WHERE key = 'vaelab.role' AND value = 'trial'").fetchone()[0]
 
 
 def print_rows(n: int, rows: list[Timing]) -> None:
@@ -196,6 +266,8 @@ def main() -> None:
     b.add_argument("--out", type=Path, required=True)
     t = sub.add_parser("time")
     t.add_argument("--store", type=Path, required=True)
+    v = sub.add_parser("server")
+    v.add_argument("--store", type=Path, required=True)
     s = sub.add_parser("sweep")
     s.add_argument("--base", type=Path, required=True)
     s.add_argument("--n", default="100,1000,10000")
@@ -207,8 +279,9 @@ def main() -> None:
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; python {platform.python_version()}")
     print("| trials | command | wall s | CPU s | peak MB | rc | last line |")
     print("|---|---|---|---|---|---|---|")
-    if args.cmd == "time":
-        print_rows(-1, time_commands(args.store))
+    if args.cmd in ("time", "server"):
+        n = _trials_in(args.store)
+        print_rows(n, time_commands(args.store) if args.cmd == "time" else time_through_server(args.store))
         return
     cpu_by_command: dict[str, list[tuple[int, float]]] = {}
     for n in (int(x) for x in args.n.split(",")):

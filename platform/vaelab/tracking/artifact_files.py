@@ -22,7 +22,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 from urllib.parse import unquote, urlsplit
 
 _CACHE_MARKER = ".vaelab-complete.json"
@@ -89,39 +89,54 @@ class ArtifactFiles:
         known, cached = _cached(dest, root, name)
         if known:
             return cached
-        remote = self._locate(root, name)
-        target = None
-        if remote is not None:
-            import mlflow.artifacts
-
-            tmp = dest / f".remote-{name}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            got = Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{root.artifact_uri.rstrip('/')}/{remote}", dst_path=str(tmp),
-                tracking_uri=self._tracking_uri))
-            target = dest / name
-            os.replace(got, target)
-            shutil.rmtree(tmp, ignore_errors=True)
+        target = self._download_file(root, name, dest)
         if root.ended:
             with self._lock:  # one marker per run, shared by the names fetched in parallel
                 _mark(dest, root, name, target is not None)
         return target
 
-    def _locate(self, root: ArtifactRoot, name: str) -> Optional[str]:
-        """The artifact's path under the run's root: the root itself, else one folder down."""
-        from mlflow.tracking import MlflowClient
+    def _download_file(self, root: ArtifactRoot, name: str, dest: Path) -> Optional[Path]:
+        """Download `name` from the run's root (else one folder down) into dest; None if absent.
 
-        from vaelab.tracking.connection import client_for
+        Asked by artifact URI: the client's by-run-id calls would add a `get_run` each."""
+        import mlflow.artifacts
 
-        client: MlflowClient = client_for(self._tracking_uri)
-        listing = client.list_artifacts(root.run_id)
-        if any(not i.is_dir and i.path == name for i in listing):
-            return name
-        for folder in sorted(i.path for i in listing if i.is_dir):
-            for info in client.list_artifacts(root.run_id, folder):
-                if not info.is_dir and info.path.rsplit("/", 1)[-1] == name:
-                    return info.path
+        base = root.artifact_uri.rstrip("/")
+        for remote in self._candidates(base, name):
+            tmp = dest / f".remote-{name}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                got = Path(mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{base}/{remote}", dst_path=str(tmp), tracking_uri=self._tracking_uri))
+            except Exception as err:  # noqa: BLE001 - each artifact repository says "missing" its own way
+                if _missing(err):
+                    continue
+                raise
+            target = dest / name
+            os.replace(got, target)
+            shutil.rmtree(tmp, ignore_errors=True)
+            return target
         return None
+
+    def _candidates(self, base: str, name: str) -> Iterator[str]:
+        """`name` at the root first; only when it is not there, a listing for one folder down."""
+        yield name
+        import mlflow.artifacts
+
+        for info in mlflow.artifacts.list_artifacts(artifact_uri=base, tracking_uri=self._tracking_uri) or []:
+            if info.is_dir:
+                for inner in mlflow.artifacts.list_artifacts(artifact_uri=f"{base}/{info.path}",
+                                                             tracking_uri=self._tracking_uri) or []:
+                    if not inner.is_dir and inner.path.rsplit("/", 1)[-1] == name:
+                        yield inner.path
+
+
+def _missing(err: BaseException) -> bool:
+    """Whether a download failed because the artifact does not exist (not a transient fault)."""
+    code = getattr(err, "error_code", "") or ""
+    text = str(err).lower()
+    return (isinstance(err, FileNotFoundError) or code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+            or "404" in text or "not found" in text or "no such file" in text or "does not exist" in text)
 
 
 def _in_folder(folder: Path, name: str) -> Optional[Path]:
