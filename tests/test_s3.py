@@ -57,18 +57,30 @@ pytestmark = pytest.mark.skipif(moto_missing_reason() is not None, reason=moto_m
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    """moto's S3 on 127.0.0.1 with one bucket; only its own access key is accepted."""
+def s3_server(require_auth: bool) -> Iterator[S3Server]:
     server = S3Server(short_tmpdir("vs3-"))
     try:
         server.start()
         server.create_bucket(BUCKET)
-        server.require_auth()
+        if require_auth:
+            server.require_auth()
         yield server
     finally:
         server.stop()
         shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    """moto's S3 on 127.0.0.1 with one bucket, any key accepted. (moto's own key check fails
+    the presigned URLs MLflow downloads artifacts through: only `s3_auth` has it.)"""
+    yield from s3_server(require_auth=False)
+
+
+@pytest.fixture(scope="module")
+def s3_auth() -> Iterator[S3Server]:
+    """The same, accepting only its own access key."""
+    yield from s3_server(require_auth=True)
 
 
 def s3_env(s3: S3Server, **extra: str) -> dict[str, str]:
@@ -99,7 +111,8 @@ def test_a_bucket_that_does_not_exist_is_refused_before_any_trial(tmp_path: Path
     print(f"\n{err}")
 
 
-def test_wrong_credentials_are_refused_before_any_trial(tmp_path: Path, s3: S3Server) -> None:
+def test_wrong_credentials_are_refused_before_any_trial(tmp_path: Path, s3_auth: S3Server) -> None:
+    s3 = s3_auth
     study = write_study(tmp_path, "badkeys", 2, 2)
     wrong = "wrong-" + s3.secret[::-1]
     result = run_vaelab(["run", str(study), "--storage", f"s3://{BUCKET}/ray_results",
