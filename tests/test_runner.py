@@ -197,6 +197,23 @@ def test_killed_worker_resumes_from_checkpoint_in_the_same_run(grid: dict[str, A
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == [float(e) for e in range(1, EPOCHS + 1)]
 
 
+def tune_pids(experiment: Path) -> list[int]:
+    """The process of every result Tune recorded, trial by trial."""
+    return [json.loads(line)["pid"] for result in sorted(experiment.glob("*/result.json"))
+            for line in result.read_text().splitlines() if line.strip()]
+
+
+def test_trials_share_worker_processes_yet_keep_their_own_runs_and_threads(grid: dict[str, Any]) -> None:
+    """Tune runs trial after trial in one process: fewer processes than attempts (4 trials,
+    one worker killed and retried), while each trial has its own run (the tests above) and
+    records the threads its own CPU allotment gave it."""
+    pids = tune_pids(Path(grid["result"].experiment_path))
+    assert pids and len(set(pids)) < 4 + 1, pids
+    runs = child_runs(grid["uri"], "gridstudy")
+    assert len({r.info.run_id for r in runs}) == len({r.data.tags["vaelab.cohort"] for r in runs}) == 4
+    assert {r.data.tags["vaelab.cpu_threads"] for r in runs} == {"1"}  # resources: cpu 1
+
+
 def test_grid_study_progress_summary_and_report(grid: dict[str, Any]) -> None:
     text = "\n".join(grid["lines"])
     assert "gridstudy" in text and "4 trials" in text

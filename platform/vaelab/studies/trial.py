@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
@@ -38,6 +39,7 @@ STATUS_METRIC = "vaelab_status"  # in Tune results: running | finished | diverge
 ENDED_STATUSES = ("finished", "diverged", "invalid")  # a trial with one of these reached its end
 METRICS_SENT = "vaelab_metrics_sent"  # in Tune results: metric values sent to MLflow that epoch
 TAG_RAY_NODE = "vaelab.ray_node_id"  # beside vaelab.node (hostname/ip): the node a trial last ran on
+TAG_CPU_THREADS = "vaelab.cpu_threads"  # torch threads the trial's last attempt trained with
 
 
 def cohort_trainable(config: dict[str, Any]) -> None:
@@ -50,11 +52,9 @@ def cohort_trainable(config: dict[str, Any]) -> None:
     from ray import tune
 
     from vaelab.config import trial_config
-    from vaelab.hardware import use_cpu_threads
     from vaelab.train import Trainer
 
-    # exactly the CPUs Tune gave this trial: packed trials must not oversubscribe a node
-    use_cpu_threads(ray_assigned_cpus())
+    threads = prepare_process()
     ctx = config[CTX_KEY]
     cohort_id = tune.get_context().get_trial_id()
     members = _cohort_members(config, cohort_id)
@@ -72,7 +72,7 @@ def cohort_trainable(config: dict[str, Any]) -> None:
     except Exception as err:
         _record_start_failure(ctx, members, configs, cohort_id, err)
         raise
-    runs = _open_runs(ctx, members, configs, trainer, cohort_id, resumed_epoch)
+    runs = _open_runs(ctx, members, configs, trainer, cohort_id, resumed_epoch, threads)
     every = int(ctx.get("checkpoint_every") or configs[0].checkpoint_every)
     latest: dict[str, Any] = {}
     try:
@@ -105,6 +105,34 @@ def ray_assigned_cpus() -> float:
     import ray
 
     return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)) or 1.0
+
+
+def prepare_process() -> int:
+    """Set up the process for this trial; returns its CPU threads.
+
+    Tune runs trial after trial in one process (tuner.REUSE_ACTORS): whatever an earlier
+    trial left in it that must not carry over is redone here, at every trial's start."""
+    from vaelab.hardware import use_cpu_threads
+
+    # exactly the CPUs Tune gave this trial: packed trials must not oversubscribe a node
+    threads = use_cpu_threads(ray_assigned_cpus())
+    forget_compiled_trials()
+    return threads
+
+
+def forget_compiled_trials() -> bool:
+    """Drop the compiled graphs (and CUDA graph pools) of earlier trials in this process.
+
+    Tune reuses a trial's process for the next trial. Each trial compiles its own step, and
+    torch.compile keeps every earlier trial's graphs for the same code: after 8 the
+    recompile limit is hit and the step silently runs eagerly, while the old graphs hold
+    memory. Returns whether it reset (not when no trial ran here yet: nothing to drop).
+    """
+    dynamo = sys.modules.get("torch._dynamo")  # loaded during a trial; never imported here
+    if dynamo is None:
+        return False
+    dynamo.reset()
+    return True
 
 
 def _ended_payload(ctx: Mapping[str, Any], members: Sequence[Member]) -> Optional[dict[str, Any]]:
@@ -149,6 +177,7 @@ def _open_runs(
     trainer: "Trainer",
     cohort_id: str,
     resumed_epoch: int,
+    threads: int,
 ) -> list[Optional[TrialRun]]:
     """One MLflow run per member (found again on retry); None for a member already ended."""
     info = _run_info(ctx)
@@ -170,6 +199,7 @@ def _open_runs(
                 TAG_RUN_NAME: ctx["run_name"],
                 "vaelab.resumed_from_epoch": resumed_epoch,
                 TAG_RAY_NODE: _ray_node_id(),
+                TAG_CPU_THREADS: threads,
             },
             node=node,
         )

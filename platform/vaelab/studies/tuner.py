@@ -17,6 +17,11 @@ from vaelab.studies.plan import LaunchPlan, RunnerError
 from vaelab.studies.progress import progress_callback
 from vaelab.studies.trial import COHORT_KEY, CTX_KEY, PARAMS_KEY, cohort_trainable
 
+# A trial's process outlives it and runs the next trial of the same resource shape: a fresh
+# process paid ~7 s of imports, store and data set-up per tiny trial (benchmarks/
+# tiny_trials.py). `cohort_trainable` redoes what is per trial (CPU threads, compile caches).
+REUSE_ACTORS = True
+
 
 def _cpu_slots(resources: Mapping[str, float]) -> int:
     """How many trials fit on the cluster's CPUs at once."""
@@ -71,7 +76,8 @@ def _tune_config(plan: LaunchPlan):
 
     if not plan.optuna:
         return tune.TuneConfig(
-            num_samples=1, trial_dirname_creator=trial_dirname, max_concurrent_trials=plan.max_concurrent
+            num_samples=1, trial_dirname_creator=trial_dirname, max_concurrent_trials=plan.max_concurrent,
+            reuse_actors=REUSE_ACTORS,
         )
     import optuna
     from ray.tune.search import ConcurrencyLimiter
@@ -100,6 +106,7 @@ def _tune_config(plan: LaunchPlan):
         scheduler=scheduler,
         num_samples=opt.num_samples,
         trial_dirname_creator=trial_dirname,
+        reuse_actors=REUSE_ACTORS,
     )
 
 
