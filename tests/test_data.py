@@ -224,6 +224,22 @@ def test_test_set_binarized_once_by_seed(tmp_path: Path) -> None:
     assert not torch.equal(a.train_x, a.train_x.round())  # training data stays grey
 
 
+def test_device_dataset_is_built_once_per_request_and_rebuilt_when_its_files_change(tmp_path: Path) -> None:
+    """A trial process runs trial after trial: the same request gets the same tensors, any
+    other request (subset, seed, likelihood, a replaced file) gets its own."""
+    make_mnist(tmp_path, n_train=20, seed=0)
+    first = data.load_dataset("mnist", tmp_path, "cpu", train_subset=10)
+    assert data.load_dataset("mnist", tmp_path, "cpu", train_subset=10) is first
+    assert data.load_dataset("mnist", tmp_path, torch.device("cpu"), train_subset=10) is first
+    for other in ({"train_subset": 5}, {"test_binarize_seed": 7}, {"likelihood": "gaussian"}):
+        assert data.load_dataset("mnist", tmp_path, "cpu", **{"train_subset": 10, **other}) is not first
+    arrays, _ = make_mnist(tmp_path, n_train=20, seed=1)  # same names, new content
+    os.utime(tmp_path / "train-images-idx3-ubyte.gz", ns=(1, 1))  # a new stamp even within one tick
+    again = data.load_dataset("mnist", tmp_path, "cpu", train_subset=10)
+    expected = arrays["train-images-idx3-ubyte"].reshape(20, -1).astype(np.float32) / 255.0
+    torch.testing.assert_close(again.train_x, torch.from_numpy(expected[data.subset_indices(20, 10)]))
+
+
 def test_binarize_fresh_samples_with_mean_x() -> None:
     x = torch.full((200, 500), 0.3)
     g = torch.Generator().manual_seed(0)

@@ -445,12 +445,16 @@ def _read_cached(name: str, stamp: tuple[tuple[str, str, int, int], ...]) -> Arr
     return arrays
 
 
-def load_arrays(name: str, data_dir: str | Path | None = None) -> Arrays:
-    """The parsed numpy arrays of `name` (cached, read-only)."""
+def _stamp(name: str, data_dir: str | Path | None) -> tuple[tuple[str, str, int, int], ...]:
+    """(file name, path, mtime_ns, size) of every file of `name`: () for a bundled set."""
     info = get_info(name)
     paths = _require(info, resolve_dir(name, data_dir)) if info.files else {}
-    stamp = tuple((key, str(p), p.stat().st_mtime_ns, p.stat().st_size) for key, p in paths.items())
-    return _read_cached(name, stamp)
+    return tuple((key, str(p), p.stat().st_mtime_ns, p.stat().st_size) for key, p in paths.items())
+
+
+def load_arrays(name: str, data_dir: str | Path | None = None) -> Arrays:
+    """The parsed numpy arrays of `name` (cached, read-only)."""
+    return _read_cached(name, _stamp(name, data_dir))
 
 
 @dataclass
@@ -495,10 +499,26 @@ def load_dataset(
     test_binarize_seed: int = 1234,
     likelihood: Optional[str] = None,
 ) -> Dataset:
-    """`name` resident on `device`. `likelihood` None: the dataset's default."""
+    """`name` resident on `device`. `likelihood` None: the dataset's default.
+
+    The last one built is kept for the next call that asks the same (a trial process runs
+    trial after trial): shared, so callers must not modify its tensors in place."""
+    stamp = _stamp(name, data_dir)
+    key = (name, stamp, str(torch.device(device)), train_subset, test_binarize_seed,
+           likelihood or get_info(name).likelihood)
+    if key not in _LAST_DATASET:
+        _LAST_DATASET.clear()  # one at a time: a trial on other data frees the device memory
+        _LAST_DATASET[key] = _build_dataset(name, _read_cached(name, stamp), *key[2:])
+    return _LAST_DATASET[key]
+
+
+_LAST_DATASET: dict[tuple, Dataset] = {}
+
+
+def _build_dataset(
+    name: str, arrays: Arrays, device: str, train_subset: int, test_binarize_seed: int, likelihood: str
+) -> Dataset:
     info = get_info(name)
-    arrays = load_arrays(name, data_dir)
-    likelihood = likelihood or info.likelihood
     keep = subset_indices(len(arrays.train_x), train_subset)
     train_x, train_y = arrays.train_x, arrays.train_y
     if keep is not None:
