@@ -1,4 +1,4 @@
-"""The typed trial configuration: every parameter of SPEC §2, its default and its checks.
+"""The typed trial configuration: every trial parameter, its default and its checks.
 
 Defaults are the papers' MNIST settings (ICML 2016 §3: 64-32-16-8-4 latents, MLP widths
 512-256-128-64-32, Adam lr 1e-3, batch 256, 2000 epochs, warm-up N_t = 200, IW K = 5000).
@@ -26,7 +26,7 @@ COHORT_VARYING = frozenset(
 
 
 class TrialConfig(BaseModel):
-    """One trial. Unknown keys are errors (STYLE principle 4)."""
+    """One trial. Unknown keys are errors, never silently ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
@@ -152,7 +152,7 @@ class TrialConfig(BaseModel):
         return self.hidden_dims[: self.depth]
 
     def to_params(self) -> dict[str, Any]:
-        """Flat MLflow params under the SPEC's bare names (dims in paper notation)."""
+        """Flat MLflow params under the bare trial-parameter names (dims in paper notation)."""
         params = self.model_dump()
         params["latent_dims"] = _dims(self.z_dims)
         params["hidden_dims"] = _dims(self.mlp_dims)

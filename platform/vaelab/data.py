@@ -87,7 +87,7 @@ class DatasetInfo:
 
     @property
     def activation(self) -> str:
-        """Leaky ReLU for binary data, tanh for Gaussian data (SPEC §2)."""
+        """Leaky ReLU for binary data, tanh for Gaussian data."""
         return "leaky_relu" if self.likelihood == "bernoulli" else "tanh"
 
 

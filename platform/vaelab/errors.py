@@ -1,7 +1,7 @@
 """Errors a user can act on, as opposed to bugs.
 
-The CLI catches `VaelabError`, prints its message and exits 2 without a traceback
-(SPEC §3). A `SpecError` names the file, the key path and the bad value so a
+The CLI catches `VaelabError`, prints its message and exits 2 without a traceback.
+A `SpecError` names the file, the key path and the bad value so a
 researcher can go straight to the line in the YAML that is wrong.
 """
 

@@ -117,7 +117,7 @@ def population_statistics(model: HierarchicalVAE, x: Tensor,
                           binarize: Optional[Callable[[Tensor], Tensor]],
                           generators: Sequence[torch.Generator], batch_size: int) -> None:
     """Recompute every BN layer's statistics over the whole training set x (N, D), as the
-    original LVAE code does before each evaluation (SPEC `bn_eval: population`)."""
+    original LVAE code does before each evaluation (trial parameter `bn_eval: population`)."""
     norms = model.batch_norms()
     if not norms:
         return

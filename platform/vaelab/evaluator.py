@@ -25,7 +25,8 @@ SHARED_EVAL_SEED = 987_654_321  # evaluation data binarization: the same for eve
 
 @dataclass
 class Evaluation:
-    """One evaluation of a cohort. `metrics`: one dict per member (SPEC §2 names);
+    """One evaluation of a cohort. `metrics`: one dict per member
+    (metric names as in docs/ARCHITECTURE.md);
     `unit_kl`: per layer, (S, z_i) per-unit KL on the test set; `bf16_gaps`: per member,
     |test ELBO under bf16 autocast − fp32| (None when the trial runs in fp32)."""
 

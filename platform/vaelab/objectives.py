@@ -1,9 +1,9 @@
 """Log densities, per-layer KL, the ELBO and the importance-weighted bound, β schedules.
 
 Imports only torch. All functions take the named terms of `model.ForwardTerms`; this module
-is the one place that builds a loss (STYLE 3).
+is the one place that builds a loss.
 
-KL estimators (SPEC §2). With `kl_estimator="analytic"` a layer's KL is the closed-form
+KL estimators (trial parameter `kl_estimator`). With `kl_estimator="analytic"` a layer's KL is the closed-form
 KL(q(z_i|·) ‖ p(z_i|z_{i+1})) whenever both are Gaussians given parents sampled *before* z_i:
 every layer of the ladder / LVAE top-down pass and the top layer of the bottom-up VAE (its
 prior is N(0, I)). The bottom-up VAE's lower layers use the one-sample Monte Carlo estimate

@@ -1,9 +1,9 @@
-"""The Ornstein–Uhlenbeck operator U_ρ of the Hermite VAE (seed 003, §2.1–2).
+"""The Ornstein–Uhlenbeck operator U_ρ of the Hermite VAE (HVAE §2.1–2).
 
 U_ρ f(z) = E_ε[f(ρ z + √(1-ρ²) ε)] for z ~ N(0, I): it keeps the mean of f and shrinks the
 Hermite coefficient f̂(α) by ρ^|α| (so the variance of U_ρ f is Σ ρ^{2|α|} f̂(α)²). For a
 latent z_{i+1} ~ N(μ_q, σ_q²) the same operator acts on the standardised variable, giving the
-correlated inputs (SPEC §2)
+correlated inputs
 
     z' = ρ z + (1 - ρ) μ_q + σ_q √(1 - ρ²) ε,
 
@@ -11,6 +11,8 @@ and U_ρ is estimated by averaging the network over `ou_samples` such z' (HVAE �
 samples suffice"). It is applied only to the generator's intermediate conditionals
 p(z_i | z_{i+1}) and only when computing the training gradient; evaluation uses the
 unsmoothed model. Imports only torch.
+
+HVAE = "Variance Reduction in Hierarchical Variational Autoencoders" (the Hermite VAE paper).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ This module is the contract (docs/ARCHITECTURE.md, "Trainer API"): set-up, the e
 loop, the bf16 fallback, checkpoints. The work lives beside it, one job per module:
 `step.py` (one optimiser step), `evaluator.py` (what an evaluation epoch measures),
 `artifacts.py` (a member's exported files), `hardware.py` (device, threads, bf16).
-No Ray and no MLflow here (STYLE 6): the caller logs, reports and checkpoints.
+No Ray and no MLflow here: the caller logs, reports and checkpoints.
 The whole dataset lives on the device; per-step losses stay there and are read once per
 epoch (one host sync per epoch).
 """
@@ -36,7 +36,7 @@ DEFAULT_ACTIVATION = {"bernoulli": "leaky_relu", "gaussian": "tanh"}  # ICML §3
 @dataclass
 class EpochReport:
     epoch: int
-    metrics: list[dict[str, float]]  # one dict per member, SPEC §2 metric names
+    metrics: list[dict[str, float]]  # one dict per member, metric names of docs/ARCHITECTURE.md
     status: list[str]  # "running" | "diverged" per member
     is_last: bool
     evaluated: bool

@@ -1,4 +1,4 @@
-"""Reports: MLflow -> Parquet -> ablation tables, figures and an HTML page (SPEC §5).
+"""Reports: MLflow -> Parquet -> ablation tables, figures and an HTML page.
 
 Never imports torch or ray. This package file stays light (studies/ imports
 `vaelab.report.spec` for the schema): `build_report` and `ReportResult` are loaded from

@@ -1,6 +1,6 @@
 """YAML schema of search spaces and studies: the pydantic models and their constants.
 
-A search space and a study are versioned data (STYLE principle 7): plain YAML, parsed
+A search space and a study are versioned data, not code: plain YAML, parsed
 with `yaml.safe_load`, no expressions. Structure (unknown keys, types) is checked by
 the pydantic models here with `extra="forbid"`; `vaelab schema` (studies/reference.py)
 generates docs/study-schema.md and docs/study.schema.json from them. What pydantic
