@@ -1,7 +1,7 @@
 """Shared fixtures: a loopback-only local Ray, a throwaway SQLite MLflow store, tiny trials.
 
 Environment set here, before anything imports ray: every Ray node binds 127.0.0.1
-(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, SPEC §7), Ray reports no usage statistics, and no
+(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), Ray reports no usage statistics, and no
 MLFLOW_TRACKING_URI from the caller's shell leaks into a test.
 """
 

@@ -1,4 +1,4 @@
-"""The one-way flow of docs/ARCHITECTURE.md, checked on the source (issue 16).
+"""The one-way flow of docs/ARCHITECTURE.md, checked on the source.
 
 Every import a module can run is read from its syntax tree — module level and lazy imports
 inside functions alike — so a rule breaks here the day someone writes the import, not the

@@ -1,4 +1,4 @@
-"""The report (SPEC §5) from a real MLflow SQLite store: Parquet, tables, figures, HTML.
+"""The report from a real MLflow SQLite store: Parquet, tables, figures, HTML.
 
 The store is written by tests/report_fixtures.py following docs/ARCHITECTURE.md; the
 report is built twice (once here, once in a subprocess that also checks that neither torch

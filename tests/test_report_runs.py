@@ -1,5 +1,5 @@
-"""Reports of different study runs never collide (issue 14 point 1), and read-only
-commands neither create a tracking database nor show a traceback (point 8).
+"""Reports of different study runs never collide, and read-only commands neither create a
+tracking database nor show a traceback.
 
 The store is the real SQLite MLflow store of tests/report_fixtures.py: the study has an
 older study run (one trial) and a newer one (the full grid).

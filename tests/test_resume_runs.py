@@ -1,4 +1,4 @@
-"""What a newcomer met around `vaelab resume` and repeated runs (issue 14 points 2, 3, 5):
+"""What a newcomer met around `vaelab resume` and repeated runs:
 
 - resume trains nothing MLflow already shows as ended, whatever Tune's saved state says,
   and the progress line counts a trial Tune stopped early as stopped, not done;

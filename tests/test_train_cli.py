@@ -1,4 +1,4 @@
-"""`vaelab train` and `--set` as a newcomer types them (issue 14 points 4, 6, 10):
+"""`vaelab train` and `--set` as a newcomer types them:
 several pairs after one --set, did-you-mean for a misspelt parameter, a small default
 preset with the papers' settings one flag away, and Ctrl-C that saves a checkpoint which
 `--resume` continues exactly.
