@@ -52,7 +52,9 @@ bench: $(STAMP)
 GPU_WHEELS ?= .gpu-wheels
 GPU_DATA   ?= .gpu-data/mnist
 GPU_PYTHON_VERSION ?= 3.12
-MNIST_SRC  ?= ../shared/data/mnist
+# MNIST_SRC: a folder holding the four MNIST IDX files (make gpu-bundle MNIST_SRC=DIR), by
+# default where `vaelab data fetch mnist` puts them: $VAELAB_DATA_DIR/mnist, else ~/.vaelab/data/mnist.
+MNIST_SRC  ?= $(or $(VAELAB_DATA_DIR),$(HOME)/.vaelab/data)/mnist
 GPU_OUT    ?= gpu-check-out
 GPU_PY     ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-bundle:

@@ -361,7 +361,7 @@ def grid_lines(r: dict) -> list[str]:
 
 
 def targets(sections: dict[str, Any], smoke: bool) -> list[dict[str, Any]]:
-    """The issue's targets (benchmarks, not tests) against what this call measured; a
+    """The speed targets listed below (benchmarks, not tests) against what this call measured; a
     smoke run's tiny sizes are not compared."""
     rows = sections.get("speed", {}).get("rows", [])
     ok = [r for r in rows if r.get("status") == "ok" and r.get("model") == "LVAE+BN d5"]

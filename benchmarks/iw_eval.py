@@ -6,8 +6,10 @@ matmul ceiling of the same passes (benchmarks/ceiling.py: the passes' own matmul
 alone). The estimates use independent noise; the per-example spread of L_K over sqrt(N) is
 the yardstick for their differences.
 
-    python benchmarks/iw_eval.py --model PATH/model.pt --data-dir ../shared/data/mnist \
+    python benchmarks/iw_eval.py --model PATH/model.pt --data-dir DATA/mnist \
         --images 10000 --k 5000 --methods fp32,bf16 [--max-rows 16384] [--loop-k 200]
+
+DATA/mnist: a folder holding the four MNIST IDX files.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""Issue 2 evidence: the four ICML/NIPS paper variants at depth 5 on real MNIST, on CPU.
+"""The four ICML/NIPS paper variants at depth 5 on real MNIST, on CPU.
 
 Trains VAE, VAE+BN, VAE+BN+WU and LVAE+BN+WU for the same number of epochs (warm-up scaled
 as in the paper, N_t / epochs = 200 / 2000) and prints a markdown table of test_elbo,
-test_ll_iw and active units per layer. Usage:
-    python benchmarks/mnist_variants.py --data-dir ../shared/data/mnist --epochs 10 --eval-iw 200
+test_ll_iw and active units per layer. Usage (DATA/mnist: a folder holding the four MNIST
+IDX files):
+    python benchmarks/mnist_variants.py --data-dir DATA/mnist --epochs 10 --eval-iw 200
 """
 
 from __future__ import annotations

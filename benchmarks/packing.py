@@ -4,7 +4,9 @@ What a Ray node running several trials meets. vaelab gives each trial exactly it
 allotment (`hardware.use_cpu_threads`): 2 trials × 1 CPU on 2 cores. Without that, each torch
 process starts one thread per core and 2 trials × 2 threads oversubscribe the node.
 
-    python benchmarks/packing.py --data-dir ../shared/data/mnist [--seconds 20]
+    python benchmarks/packing.py --data-dir DATA/mnist [--seconds 20]
+
+DATA/mnist: a folder holding the four MNIST IDX files.
 
 Prints, per layout, member-steps/s summed over the processes (5-layer LVAE+BN, batch 256,
 S = 1, fp32 eager), and appends the table to benchmarks/RESULTS.md.

@@ -9,7 +9,9 @@ trial: test ELBO, test L_K, the trainer's own per-evaluation check `bf16_elbo_ga
 Two fp32 seeds give the run-to-run spread the fast path's difference is read against.
 Appends a table to benchmarks/RESULTS.md with the device and versions.
 
-    python benchmarks/precision_check.py --data-dir ../shared/data/mnist --epochs 10 --seeds 0,1
+    python benchmarks/precision_check.py --data-dir DATA/mnist --epochs 10 --seeds 0,1
+
+DATA/mnist: a folder holding the four MNIST IDX files.
 """
 
 from __future__ import annotations

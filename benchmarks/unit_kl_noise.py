@@ -6,8 +6,10 @@ noise standard deviation of a unit's estimate, and how many units' estimates fal
 sides of 0.01. A bottom-up VAE's layers below the top use a Monte Carlo KL (objectives.py),
 so their counts move with the noise unless enough draws are averaged (`kl_eval_samples`).
 
-    python benchmarks/unit_kl_noise.py --model PATH/model.pt --data-dir ../shared/data/mnist \
+    python benchmarks/unit_kl_noise.py --model PATH/model.pt --data-dir DATA/mnist \
         --draws 1,8,32 --seeds 6
+
+DATA/mnist: a folder holding the four MNIST IDX files.
 """
 
 from __future__ import annotations
