@@ -19,6 +19,7 @@ import os
 import pickle
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -388,8 +389,12 @@ def test_driver_killed_then_vaelab_resume_on_s3_logs_every_epoch_once_and_report
         trial = run.data.tags["vaelab.trial_id"]
         if trial in done_before:
             assert run.data.tags["vaelab.attempt"] == "1" and run.info.end_time == before[trial].info.end_time
-        if trial in interrupted:
-            assert int(run.data.tags["vaelab.attempt"]) >= 2 and int(run.data.tags["vaelab.resumed_from_epoch"]) >= 1
+        if trial in interrupted:  # continued its own run; from a checkpoint where Tune's saved state could
+            # name one (a trial that had logged under two epochs at the kill may rightly start again at 0)
+            assert int(run.data.tags["vaelab.attempt"]) >= 2
+            if int(before[trial].data.metrics.get("epoch", 0)) >= 2:
+                assert int(run.data.tags["vaelab.resumed_from_epoch"]) >= 1, (
+                    trial, int(before[trial].data.metrics.get("epoch", 0)), run.data.tags, resumed.stdout[-3000:])
     # the report of the resume, and `vaelab report` again, built from artifacts that live in S3
     assert model_artifacts_in_s3(s3) >= n and not list(Path(s3_tracking.log.parent).rglob("model.pt"))
     report = run_vaelab(["report", name, "--tracking-uri", uri, "--out", str(tmp_path / "again")], env, tmp_path,
@@ -505,9 +510,17 @@ def test_no_command_prints_or_records_a_tracking_password_or_s3_secret(tmp_path:
                 assert result.returncode == 0, (what, outputs[what][-3000:])
         # `vaelab server` with a database password (its database is not there: MLflow fails to start)
         dead_db = f"postgresql+psycopg2://vaelab:{password}@127.0.0.1:{free_port()}/mlflow"
-        refused = run_vaelab(["server", "--artifacts-destination", f"s3://{BUCKET}/x", "--port", str(free_port())],
-                             {**env, "MLFLOW_BACKEND_STORE_URI": dead_db}, tmp_path, timeout=120)
-        outputs["server"] = f"exit {refused.returncode}\n{refused.stdout}\n{refused.stderr}"
+        # (MLflow keeps trying the database: stopped after a minute, its whole process group)
+        server_log = tmp_path / "server-refused.log"
+        proc = start_vaelab(["server", "--artifacts-destination", f"s3://{BUCKET}/x", "--port", str(free_port())],
+                            {**env, "MLFLOW_BACKEND_STORE_URI": dead_db}, tmp_path, server_log)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        stop_group(proc)
+        outputs["server"] = server_log.read_text()
+        assert "vaelab server: MLflow tracking server on http://127.0.0.1" in outputs["server"]
     finally:
         server.stop()
     places = {f"output of vaelab {what}": text.encode() for what, text in outputs.items()}
