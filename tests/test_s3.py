@@ -521,10 +521,11 @@ def test_no_command_prints_or_records_a_tracking_password_or_s3_secret(tmp_path:
         stop_group(proc)
         outputs["server"] = server_log.read_text()
         assert "vaelab server: MLflow tracking server on http://127.0.0.1" in outputs["server"]
+        logged = everything_logged(server.uri, "sweep").encode()  # while the server is up
     finally:
         server.stop()
     places = {f"output of vaelab {what}": text.encode() for what, text in outputs.items()}
-    places["MLflow params, tags, study.yaml, config.yaml"] = everything_logged(server.uri, "sweep").encode()
+    places["MLflow params, tags, study.yaml, config.yaml"] = logged
     places["Tune's state and checkpoints in S3"] = objects_under(s3, "sweep-ray/")
     places["MLflow artifacts in S3"] = objects_under(s3, "sweep-mlflow/")
     places["the reports (Parquet, HTML, tables)"] = bytes_under(tmp_path / "reports") + bytes_under(tmp_path / "report2")
