@@ -22,7 +22,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 from urllib.parse import unquote, urlsplit
 
 _CACHE_MARKER = ".vaelab-complete.json"
@@ -102,6 +102,9 @@ class ArtifactFiles:
         import mlflow.artifacts
 
         base = root.artifact_uri.rstrip("/")
+        proxied = self._proxied_get(base, name, dest)
+        if proxied is not None:
+            return proxied
         for remote in self._candidates(base, name):
             tmp = dest / f".remote-{name}"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -117,6 +120,40 @@ class ArtifactFiles:
             shutil.rmtree(tmp, ignore_errors=True)
             return target
         return None
+
+    def _proxied_get(self, base: str, name: str, dest: Path) -> Optional[Path]:
+        """A file under a tracking server's own artifact root (`mlflow-artifacts:/…`) in one
+        GET to that server: MLflow's generic download lists the path first and builds a
+        repository a call, twice the requests and most of a 10,000-trial report's CPU.
+        None when the root is not the server's or the file is not at its root."""
+        parts = urlsplit(base)
+        if parts.scheme != "mlflow-artifacts" or parts.netloc:
+            return None
+        from mlflow.utils.rest_utils import http_request
+
+        creds = self._server_creds()
+        if creds is None:
+            return None
+        endpoint = f"/api/2.0/mlflow-artifacts/artifacts/{parts.path.strip('/')}/{name}"
+        response = http_request(creds, endpoint, "GET")
+        if response.status_code != 200:
+            return None  # absent at the root (or refused): the generic path decides
+        dest.mkdir(parents=True, exist_ok=True)
+        tmp = dest / f".{name}.part"
+        tmp.write_bytes(response.content)
+        target = dest / name
+        os.replace(tmp, target)
+        return target
+
+    def _server_creds(self) -> Any:
+        """The tracking server's REST credentials, made once (None for other stores)."""
+        with self._lock:
+            if not hasattr(self, "_creds"):
+                from vaelab.tracking.bulk import host_creds
+                from vaelab.tracking.connection import client_for
+
+                self._creds = host_creds(client_for(self._tracking_uri))
+            return self._creds
 
     def _candidates(self, base: str, name: str) -> Iterator[str]:
         """`name` at the root first; only when it is not there, a listing for one folder down."""

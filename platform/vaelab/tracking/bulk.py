@@ -365,7 +365,7 @@ class ApiRunSource:
         return history_frame([(r, key, int(m.step), float(m.value), int(m.timestamp or 0)) for r, m in rows])
 
     def _bulk_endpoint(self, run_ids: list[str], key: str) -> Optional[list[tuple[str, Any]]]:
-        creds = _host_creds(self._client)
+        creds = host_creds(self._client)
         if creds is None:
             return None
         from mlflow.entities import Metric
@@ -385,7 +385,7 @@ class ApiRunSource:
                 for v in values]
 
 
-def _host_creds(client: MlflowClient) -> Any:
+def host_creds(client: MlflowClient) -> Any:
     """The REST credentials of a client talking to a tracking server (None for other stores)."""
     store = getattr(getattr(client, "_tracking_client", None), "store", None)
     get_creds = getattr(store, "get_host_creds", None)
