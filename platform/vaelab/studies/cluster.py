@@ -51,6 +51,7 @@ def connect_ray(
         quiet_ray_hints("ray._private.authentication.authentication_token_setup")
     import ray
 
+    keep_credentials_out_of_tune()
     if ray.is_initialized():
         return False
     env_vars = {"MLFLOW_TRACKING_URI": tracking_uri}
@@ -92,6 +93,22 @@ def connect_ray(
 
 
 CLIENT_CONNECT_ATTEMPTS = 3
+
+# Ray Tune copies these from the driver's environment into every trial's runtime_env, which
+# each node's runtime_env_agent.log then prints in the clear. A local Ray's trials inherit
+# them from the driver's process anyway; a cluster's nodes carry their own.
+TUNE_PROPAGATED_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
+
+
+def keep_credentials_out_of_tune() -> None:
+    """Stop Ray Tune from putting the driver's AWS keys into the trials' runtime_env."""
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:  # a Ray without it copies nothing
+        return
+    propagated = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if isinstance(propagated, set):
+        propagated.difference_update(TUNE_PROPAGATED_SECRETS)
 
 
 def _pass_credentialed_uri_by_environment(tracking_uri: str, local: bool) -> None:
