@@ -510,6 +510,55 @@ def test_gradient_norm_clip_is_per_member(members):
         assert abs(norm.item() - 1.0) < 1e-4 and old > 1.0
 
 
+@pytest.mark.parametrize("members", [1, 3])
+def test_compiled_update_math_equals_the_eager_update(members):
+    """clip_and_adam (what the compiled CPU step runs) against per-member norm clip,
+    elementwise clip and fused Adam, over Adam's own state: steps, moments and weights agree,
+    so checkpoints and a fallback move freely between the two forms."""
+    configs = [tiny_config(seed=s, batch_norm=True, inference="lvae", grad_clip=0.5,
+                           grad_clip_value=0.05) for s in range(members)]
+    eager, fused = Trainer(configs, tiny_dataset()), Trainer(configs, tiny_dataset())
+    perms = torch.arange(192).expand(members, 192)
+    for k in range(4):
+        for trainer in (eager, fused):
+            trainer.stepper.optimizer.zero_grad(set_to_none=True)
+            trainer.stepper.loss(*trainer.stepper.batch(perms, k), torch.ones(members)).loss.sum().backward()
+        eager.stepper.eager_update()
+        fused.stepper.compiled_update()  # clip_and_adam run eagerly: the same graph's math
+    for p, q in zip(eager.model.parameters(), fused.model.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+    a, b = eager.stepper.optimizer.state_dict()["state"], fused.stepper.optimizer.state_dict()["state"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].keys() == b[key].keys() and float(b[key]["step"]) == 4.0
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(b[key][name], a[key][name], rtol=1e-5, atol=1e-7)
+
+
+def test_compile_auto_trains_eagerly_when_compilation_fails(monkeypatch):
+    """`compile: auto` never costs a trial: a compiler that fails on this machine gives one
+    warning per compiled function and the eager step's exact results."""
+    import vaelab.step as step
+
+    def broken(fn, **kwargs):
+        def fails(*args, **kw):
+            raise RuntimeError("no C++ compiler")
+        return fails
+
+    cfg = tiny_config(batch_norm=True, inference="lvae", epochs=2)
+    eager = list(Trainer([cfg.model_copy(update={"compile": "off"})], tiny_dataset()).run())[-1]
+    monkeypatch.setattr(step, "CPU_COMPILE_MIN_STEPS", 0)  # auto compiles this short trial
+    monkeypatch.setattr(torch, "compile", broken)
+    trainer = Trainer([cfg.model_copy(update={"compile": "auto"})], tiny_dataset())
+    with pytest.warns(UserWarning, match="torch.compile failed") as caught:
+        reports = list(trainer.run())
+    assert len([w for w in caught if "torch.compile failed" in str(w.message)]) == 2  # loss, update
+    assert trainer.stepper.loss_fn == trainer.stepper.loss
+    assert trainer.stepper.update_fn == trainer.stepper.eager_update
+    for key in ("train_loss", "test_elbo", "test_ll_iw"):
+        assert reports[-1].metrics[0][key] == eager.metrics[0][key], key
+
+
 def test_more_draws_per_image_shrink_the_monte_carlo_noise_of_per_unit_kl():
     model = tiny_model("vae", batch_norm=True).eval()
     x = tiny_dataset(n_train=8, n_test=256).test_x

@@ -1,13 +1,13 @@
 """Hierarchical VAE with bottom-up (VAE), probabilistic-ladder and Ladder-VAE inference.
 
-Imports only torch (STYLE 1). Every layer carries a leading *member* dimension S so that a
+Imports only torch (no other dependency). Every layer carries a leading *member* dimension S so that a
 cohort of S models of one architecture (different seeds, warm-up lengths, ρ, ...) trains in
 one set of kernels: activations are (S, N, F), weights (S, F_in, F_out), and members never
 mix (each member's gradient depends on its own slice only).
 
-Equations cited: ICML = "How to Train Deep VAEs and Probabilistic Ladder Networks" (seed
-000), NIPS = "Ladder Variational Autoencoders" (seed 002), HVAE = "Variance Reduction in
-Hierarchical VAEs" (seed 003).
+Equations cited: ICML = "How to Train Deep VAEs and Probabilistic Ladder Networks" (Sønderby
+et al., ICML 2016), NIPS = "Ladder Variational Autoencoders" (Sønderby et al., NIPS 2016),
+HVAE = "Variance Reduction in Hierarchical Variational Autoencoders" (the Hermite VAE paper).
 
 Layers are numbered 1 (bottom, next to x) … L (top); Python lists index layer i at i - 1.
 Samples are tiled sample-major along the row axis: row k * B + b is sample k of example b.
@@ -38,7 +38,7 @@ ACTIVATIONS: dict[str, Activation] = {
 
 @dataclass(frozen=True)
 class InitScheme:
-    """How weights start (SPEC §2 `init`, `var_bias_init`).
+    """How weights start (trial parameters `init`, `var_bias_init`).
 
     torch  — nn.Linear's default: W and b ~ U(±1/sqrt(fan_in)).
     glorot — the original LVAE code (run_models.py): Glorot-normal weights,
@@ -92,7 +92,7 @@ class MemberLinear(nn.Module):
 class MemberBatchNorm(nn.Module):
     """Batch norm over the row axis, separately per member: (S, N, F) -> (S, N, F).
 
-    Evaluation statistics (SPEC §2 `bn_eval`): `running` uses exponential moving averages
+    Evaluation statistics (trial parameter `bn_eval`): `running` uses exponential moving averages
     updated while training; `population` uses statistics recomputed over the whole
     training set before an evaluation (as the original LVAE code does), which the
     evaluator fills through `start_population()` / `finish_population()`.
@@ -185,7 +185,7 @@ class GaussianHead(nn.Module):
     The variance is a softplus of a linear map (never softplus of a log-variance, which
     would force σ² ≥ 1); the floor keeps log σ² finite when softplus underflows.
     batch_norm: BN on both linear outputs before the identity / softplus, as the original
-    LVAE code does for every latent head (SPEC §2 `bn_heads`; the papers don't say).
+    LVAE code does for every latent head (trial parameter `bn_heads`; the papers don't say).
     """
 
     def __init__(self, members: int, width: int, out_dim: int, var_floor: float,
@@ -266,8 +266,12 @@ class NoiseTape:
 
 
 def draw_normal(generators: Sequence[torch.Generator], numel: int) -> Tensor:
-    """(S, numel) standard normal noise, member s from generator s."""
-    return torch.stack([torch.randn(numel, generator=g, device=g.device) for g in generators])
+    """(S, numel) standard normal noise, member s from generator s: each row drawn in place
+    (the numbers of torch.randn(numel, generator=g), without a torch.stack copy of all S)."""
+    out = torch.empty(len(generators), numel, device=generators[0].device)
+    for s, g in enumerate(generators):
+        torch.randn(numel, generator=g, device=g.device, out=out[s])
+    return out
 
 
 # --------------------------------------------------------------------------- model
@@ -353,7 +357,7 @@ class HierarchicalVAE(nn.Module):
             [cond(z_dims[i + 1], mlp_dims[i + 1], z_dims[i]) for i in range(depth - 1)]
         )
         self.decoder_mlp = MLP(members, z_dims[0], mlp_dims[0], batch_norm, act)
-        # p(x|z_1) heads: never batch-normed (SPEC §2: BN on all layers except the output)
+        # p(x|z_1) heads: never batch-normed (batch norm on all layers except the output)
         self.decoder_mean = MemberLinear(members, mlp_dims[0], x_dim, role="output")
         self.decoder_var = (MemberLinear(members, mlp_dims[0], x_dim, role="var")
                             if likelihood == "gaussian" else None)
