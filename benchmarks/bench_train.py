@@ -1,6 +1,6 @@
 """Speed benchmarks: vaelab's training core against a plain eager implementation, in one run.
 
-Measures (SPEC §6, issues 7 and 12):
+Measures:
   1. training steps/s at batch 256 — vaelab (cohorts of S members: per-trial steps/s and
      member-steps/s) and the eager baseline (benchmarks/eager_baseline.py) — for the 5-layer
      LVAE+BN, the 5-layer VAE and the 1-layer VAE;
@@ -11,18 +11,24 @@ Measures (SPEC §6, issues 7 and 12):
   5. the fast path (--fast: precision / compile) beside vaelab fp32, and the step's ceiling:
      its own matmuls timed alone in fp32 and bf16 (benchmarks/ceiling.py), so every figure
      reads as a fraction of the machine's limit; whether the fast path's likelihood stays
-     within tolerance of fp32 is benchmarks/precision_check.py's job.
+     within tolerance of fp32 is benchmarks/precision_check.py's job;
+  6. the roofline (CPU): the bf16 matmul time plus the optimiser's unavoidable memory traffic
+     at this machine's measured bandwidth (benchmarks/ceiling.py), and each fast-path row as a
+     fraction of it; the CPU model and whether it has AMX head the table and mark every row.
 Prints a markdown table and appends it to benchmarks/RESULTS.md with the device, library
 versions and date. Data: real MNIST (--data-dir) or the bundled digits when absent.
 
-    python benchmarks/bench_train.py --data-dir ../shared/data/mnist [--quick]
+    python benchmarks/bench_train.py --data-dir DATA_DIR [--quick]
+
+Before/after comparisons run this script twice or more, alternating, with PYTHONPATH set to
+the other checkout's `platform/` for the old code (`--fast-only --no-append`: only the fast
+path, nothing appended); the header names the vaelab it imported.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import platform as host_platform
 import sys
 import time
 from pathlib import Path
@@ -30,13 +36,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ceiling import Ceiling, measure_ceiling  # noqa: E402
+from ceiling import Ceiling, cpu_description, has_amx, measure_ceiling, memory_bandwidth  # noqa: E402
 from eager_baseline import EagerHVAE, train_steps  # noqa: E402
 
+import vaelab  # noqa: E402
 from vaelab.config import TrialConfig  # noqa: E402
 from vaelab.data import dataset_for  # noqa: E402
 from vaelab.evaluate import evaluate_iw, iw_bound_loop  # noqa: E402
-from vaelab.hardware import available_cpus, resolve_device, use_cpu_threads  # noqa: E402
+from vaelab.hardware import (available_cpus, has_fast_bf16, resolve_device,  # noqa: E402
+                             use_cpu_threads)
 from vaelab.train import Trainer  # noqa: E402
 
 MODELS = {
@@ -49,13 +57,15 @@ MODELS = {
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU {host_platform.processor() or host_platform.machine()} × {torch.get_num_threads()} threads"
+    return f"CPU {cpu_description()} × {torch.get_num_threads()} threads"
 
 
-def publish(lines: list[str], results: str) -> None:
-    """Print the section and append it to RESULTS.md."""
+def publish(lines: list[str], results: str | None) -> None:
+    """Print the section and append it to RESULTS.md (unless results is None)."""
     text = "\n".join(lines) + "\n"
     print(text)
+    if results is None:
+        return
     with open(results, "a") as fh:
         fh.write(text)
 
@@ -77,6 +87,7 @@ def vaelab_trainer(args, model: dict, members: int, precision: str = "fp32",
 def vaelab_steps_per_s(args, model: dict, members: int, precision: str = "fp32",
                        compile_mode: str | None = None) -> tuple[float, float]:
     """Steps/s of one cohort trial (second epoch: after compilation / warm-up) and peak MB."""
+    torch._dynamo.reset()  # each row compiles afresh: never the recompile limit of earlier rows
     trainer = vaelab_trainer(args, model, members, precision, compile_mode)
     if trainer.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -85,12 +96,15 @@ def vaelab_steps_per_s(args, model: dict, members: int, precision: str = "fp32",
     return steps, report.metrics[0].get("peak_mem_mb", float("nan"))
 
 
-def step_ceiling(args, model: dict, members: int) -> Ceiling:
-    """The matmul-only limit of this cohort's step on this machine (benchmarks/ceiling.py)."""
+def step_ceiling(args, model: dict, members: int, bandwidth: float, bf16: bool) -> Ceiling:
+    """The matmul-only limit and the roofline of this cohort's step on this machine
+    (benchmarks/ceiling.py)."""
     trainer = vaelab_trainer(args, model, members, compile_mode="off")
     perms = torch.stack([torch.randperm(trainer.data.train_x.shape[0]) for _ in range(members)])
     batch = trainer.stepper.batch(perms, 0)
-    return measure_ceiling(lambda: trainer.stepper(batch, torch.ones(members)))
+    parameters = sum(p.numel() for p in trainer.model.parameters())
+    return measure_ceiling(lambda: trainer.stepper(batch, torch.ones(members)),
+                           parameters=parameters, bandwidth=bandwidth, bf16=bf16)
 
 
 def eager_steps_per_s(args, model: dict, train_x: torch.Tensor) -> float:
@@ -157,6 +171,9 @@ def main() -> None:
     parser.add_argument("--skip-iw", action="store_true")
     parser.add_argument("--skip-grid", action="store_true")
     parser.add_argument("--quick", action="store_true", help="smaller everything (smoke mode)")
+    parser.add_argument("--fast-only", action="store_true",
+                        help="time only the fast path (no eager baseline, no vaelab fp32)")
+    parser.add_argument("--no-append", action="store_true", help="print only; RESULTS.md untouched")
     args = parser.parse_args()
     unknown = set(args.models.split(",")) - set(MODELS)
     if unknown:
@@ -169,29 +186,43 @@ def main() -> None:
     data = dataset_for(base_config(args), device)
 
     fast = dict(kv.split("=") for kv in args.fast.split(","))
+    bandwidth = memory_bandwidth() if device.type == "cpu" else None
+    amx = ("yes" if has_amx() else "no") if device.type == "cpu" else "–"
+    # bf16 matmuls are timed where the fast path runs them or the CPU has bf16 units
+    time_bf16 = fast["precision"] == "bf16" or has_fast_bf16(device)
     lines = [f"\n## {dt.date.today()} — {device_name(device)}",
              f"torch {torch.__version__}, python {sys.version.split()[0]}, data {args.dataset}, "
-             f"batch 256; vaelab fp32 = compile {args.compile}, fp32; fast path = {args.fast}; "
-             "ceiling = the step's own matmuls timed alone (benchmarks/ceiling.py), "
-             "in member-steps/s; % = fast path / bf16 ceiling\n",
-             "| model | S | eager baseline | vaelab fp32 | vaelab fast path | fast / eager | "
-             "ceiling fp32 | ceiling bf16 | % of bf16 ceiling | GFLOP/step | peak MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"batch 256, vaelab from {Path(vaelab.__file__).parent.parent}; vaelab fp32 = "
+             f"compile {args.compile}, fp32; fast path = {args.fast}; ceiling = the step's own "
+             "matmuls timed alone (benchmarks/ceiling.py), in member-steps/s; roofline = the "
+             "fast path's matmul time (its precision) + the optimiser's traffic (read and write parameters, gradients, both "
+             "Adam moments: 32 bytes per parameter) at the measured memory bandwidth"
+             + (f" ({bandwidth / 1e9:.1f} GB/s)" if bandwidth else "")
+             + "; % = fast path / roofline\n",
+             "| model | S | AMX | eager baseline | vaelab fp32 | vaelab fast path | fast / eager | "
+             "ceiling fp32 | ceiling bf16 | optimiser MB/step | roofline | % of roofline | "
+             "GFLOP/step | peak MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in args.models.split(","):
         model = MODELS[name]
-        eager = eager_steps_per_s(args, model, data.train_x)
+        eager = float("nan") if args.fast_only else eager_steps_per_s(args, model, data.train_x)
         for s in (int(v) for v in args.cohorts.split(",")):
-            plain, peak = vaelab_steps_per_s(args, model, s)
-            quick, _ = vaelab_steps_per_s(args, model, s, fast["precision"], fast["compile"])
-            ceiling = step_ceiling(args, model, s) if device.type == "cpu" else None
+            plain, peak = ((float("nan"), float("nan")) if args.fast_only
+                           else vaelab_steps_per_s(args, model, s))
+            quick, fast_peak = vaelab_steps_per_s(args, model, s, fast["precision"], fast["compile"])
+            peak = fast_peak if args.fast_only else peak
+            ceiling = (step_ceiling(args, model, s, bandwidth, time_bf16) if device.type == "cpu"
+                       else None)
             cells = [f"{plain * s:.1f}", f"{quick * s:.1f}", f"{quick * s / eager:.2f}×"]
             if ceiling:
-                cells += [f"{ceiling.fp32_steps_per_s * s:.0f}", f"{ceiling.bf16_steps_per_s * s:.0f}",
-                          f"{100 * quick / ceiling.bf16_steps_per_s:.0f}%",
+                roofline = ceiling.roofline_steps_per_s(fast["precision"])
+                bf16 = f"{ceiling.bf16_steps_per_s * s:.0f}" if time_bf16 else "–"  # not timed
+                cells += [f"{ceiling.fp32_steps_per_s * s:.0f}", bf16,
+                          f"{ceiling.optimizer_mb:.0f}", f"{roofline * s:.0f}", f"{100 * quick / roofline:.0f}%",
                           f"{ceiling.gflop_per_step:.2f}"]
             else:
-                cells += ["–"] * 4
-            lines.append(f"| {name} | {s} | {eager:.1f} | "
+                cells += ["–"] * 6
+            lines.append(f"| {name} | {s} | {amx} | {eager:.1f} | "
                          + " | ".join(cells) + f" | {peak:.0f} |")
             print(lines[-1], flush=True)
     if not args.skip_iw:
@@ -206,7 +237,7 @@ def main() -> None:
         lines.append(f"\nGrid throughput ({grid['trials']} small trials, 2 epochs each): one by one "
                      f"{grid['solo_trials_per_h']:.0f} trials/h, one cohort "
                      f"{grid['cohort_trials_per_h']:.0f} trials/h.")
-    publish(lines, args.results)
+    publish(lines, None if args.no_append else args.results)
 
 
 if __name__ == "__main__":

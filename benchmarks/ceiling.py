@@ -14,8 +14,10 @@ by it says what fraction of the machine's limit the step reaches.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -89,13 +91,57 @@ def matmul_seconds(calls: list[MatmulCall], dtype: torch.dtype, repeats: int = 2
     return sorted(times)[len(times) // 2]
 
 
+def cpu_description() -> str:
+    """'MODEL NAME, AMX: yes|no (AVX512-BF16: yes|no)' from /proc/cpuinfo (Linux)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "CPU model unknown (no /proc/cpuinfo), AMX unknown"
+    name = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+    flags = set((re.search(r"^flags\s*:\s*(.+)$", info, re.M) or [None, ""])[1].split())
+    yes = {True: "yes", False: "no"}
+    return (f"{name.group(1).strip() if name else 'CPU model unknown'}, AMX: {yes['amx_bf16' in flags]} "
+            f"(AVX512-BF16: {yes['avx512_bf16' in flags]})")
+
+
+def has_amx() -> bool:
+    return "AMX: yes" in cpu_description()
+
+
+def memory_bandwidth(megabytes: int = 256, repeats: int = 10) -> float:
+    """Bytes per second moved by this process's threads: the faster of a large copy (read
+    one tensor, write one) and a large add (read two, write one), median of repeats, on
+    fp32 tensors of `megabytes` each (far beyond the last-level cache)."""
+    n = megabytes * 2 ** 20 // 4
+    a, b, c = torch.rand(n), torch.rand(n), torch.empty(n)
+    ops = {"copy": (lambda: c.copy_(a), 2), "add": (lambda: torch.add(a, b, out=c), 3)}
+    best = 0.0
+    for run, tensors in ops.values():
+        run()  # first touch of the output pages
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        best = max(best, tensors * 4 * n / sorted(times)[len(times) // 2])
+    return best
+
+
+def optimizer_bytes(parameters: int) -> int:
+    """The optimiser's unavoidable traffic per step: read and write parameter, gradient and
+    both Adam moments once each, fp32."""
+    return parameters * 4 * 2 * 4
+
+
 @dataclass(frozen=True)
 class Ceiling:
-    """The matmul-only limit of one step on this machine."""
+    """The matmul-only limit of one step on this machine, and the roofline beside it."""
 
     gflop_per_step: float
     fp32_gflops: float  # achieved by the step's own matmul shapes
     bf16_gflops: float
+    optimizer_mb: float = 0.0  # optimizer_bytes per step, MB (10^6 bytes)
+    bandwidth_gbs: float = float("inf")  # memory_bandwidth, GB/s (10^9 bytes/s)
 
     @property
     def fp32_steps_per_s(self) -> float:
@@ -105,11 +151,31 @@ class Ceiling:
     def bf16_steps_per_s(self) -> float:
         return self.bf16_gflops / self.gflop_per_step
 
+    def matmul_ms(self, precision: str = "bf16") -> float:
+        return 1e3 / (self.bf16_steps_per_s if precision == "bf16" else self.fp32_steps_per_s)
 
-def measure_ceiling(step: Callable[[], None], repeats: int = 20) -> Ceiling:
-    """Record one real step's matmuls, then time them alone in fp32 and in bf16."""
+    @property
+    def optimizer_ms(self) -> float:
+        return self.optimizer_mb / self.bandwidth_gbs  # MB / (GB/s) = ms
+
+    def roofline_steps_per_s(self, precision: str = "bf16") -> float:
+        """Steps/s with the matmuls (in `precision`) at their own speed plus the optimiser's
+        traffic at full bandwidth, nothing else."""
+        return 1e3 / (self.matmul_ms(precision) + self.optimizer_ms)
+
+
+def measure_ceiling(step: Callable[[], None], repeats: int = 20, parameters: int = 0,
+                    bandwidth: float | None = None, bf16: bool = True) -> Ceiling:
+    """Record one real step's matmuls, then time them alone in fp32 and in bf16 (not when
+    `bf16` is False: on a CPU without AVX512-BF16 or AMX a bf16 matmul is a slow reference
+    loop, minutes per step, and its ceiling NaN); with `parameters` (fp32 parameters of the
+    cohort) also the roofline at `bandwidth` bytes/s (measured here when not given)."""
     calls = record_matmuls(step)
     flops = step_flops(calls)
     fp32 = matmul_seconds(calls, torch.float32, repeats)
-    bf16 = matmul_seconds(calls, torch.bfloat16, repeats)
-    return Ceiling(flops / 1e9, flops / fp32 / 1e9, flops / bf16 / 1e9)
+    bf16 = matmul_seconds(calls, torch.bfloat16, repeats) if bf16 else float("inf")
+    if not parameters:
+        return Ceiling(flops / 1e9, flops / fp32 / 1e9, flops / bf16 / 1e9)
+    bandwidth = bandwidth or memory_bandwidth()
+    return Ceiling(flops / 1e9, flops / fp32 / 1e9, flops / bf16 / 1e9,
+                   optimizer_bytes(parameters) / 1e6, bandwidth / 1e9)
