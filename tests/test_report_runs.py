@@ -90,7 +90,8 @@ def test_cli_report_picks_a_run_and_lists_the_runs_there_are(
 def test_report_of_an_unknown_study_is_one_clean_error(study: StudyFixture) -> None:
     result = runner.invoke(app, ["report", "nosuch", "--tracking-uri", study.tracking_uri])
     assert result.exit_code == 2, result.output
-    assert result.output.startswith("error: no MLflow experiment named 'nosuch'")
+    assert result.output.startswith("error: no study 'nosuch' at ")
+    assert "studies there: icml-mini" in result.output  # the names there are, to pick from
     assert "Traceback" not in result.output
 
 

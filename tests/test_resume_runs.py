@@ -114,7 +114,11 @@ def two_runs(tracking_uri: str) -> str:
 
 
 def test_query_keeps_two_runs_of_a_study_apart(two_runs: str) -> None:
-    both = cli.invoke(app, ["query", "--study", "twice", "--format", "json", "--tracking-uri", two_runs])
+    newest = cli.invoke(app, ["query", "--study", "twice", "--format", "json", "--tracking-uri", two_runs])
+    assert newest.exit_code == 0, newest.output  # the newest run, as report and claims read it
+    assert {r["run_name"] for r in json.loads(newest.stdout)} == {"twice-test-2"}
+    both = cli.invoke(app, ["query", "--study", "twice", "--all-runs", "--format", "json",
+                            "--tracking-uri", two_runs])
     assert both.exit_code == 0, both.output
     records = json.loads(both.stdout)
     assert sorted((r["run_name"], r["trial_id"]) for r in records) == [
