@@ -45,7 +45,7 @@ test-gpu: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_train.py
 
-# GPU evidence in one command (benchmarks/gpu_check.py; README "On a GPU machine").
+# GPU evidence in one command (benchmarks/gpu_check.py; docs/speed.md, "On a GPU machine").
 # gpu-bundle (needs network): the wheels a bare GPU Python lacks and the MNIST files, into
 # ignored folders that travel with the repository. gpu-check never builds the venv: it
 # runs with the venv's Python when there is one, else the machine's python3.

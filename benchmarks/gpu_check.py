@@ -52,10 +52,10 @@ DEFAULT_WHEELS = REPO / ".gpu-wheels"
 DEFAULT_DATA = REPO / ".gpu-data" / "mnist"
 SECTIONS = ("tests", "speed", "iw", "paper", "grid")
 WORKER_SECTIONS = ("speed", "iw", "paper")
-# Already on the GPU machine (its image: device README / KINDS.md); never bundled.
+# Expected in the GPU machine's Python (a CUDA torch environment has them); never bundled.
 DEVICE_PACKAGES = ("torch", "numpy", "scipy", "pandas", "pyarrow", "matplotlib", "typer",
                    "pytest", "scikit-learn")
-DEVICE_LACKS = ("pydantic", "ray", "mlflow", "optuna")  # its typer is one without pydantic
+DEVICE_LACKS = ("pydantic", "ray", "mlflow", "optuna")  # not expected there (its typer may lack pydantic)
 BUNDLED_MODULES = ("pydantic", "yaml")  # what the wheels in gpu_wheels.txt provide
 TESTS_SHARE = 0.28  # of the budget: the three gpu tests compile twice (about 150 s of 9 min)
 GRACE_S = 20.0  # past a section's deadline before its worker is killed

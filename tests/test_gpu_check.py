@@ -2,7 +2,7 @@
 
 The smoke run exercises every section's code path with tiny sizes (the GPU-only parts say
 "skipped: no CUDA" here), and the bundle tests make sure that what a bare GPU Python
-lacks travels as wheels: a broken import or a missing wheel fails here, not on a lent GPU.
+lacks travels as wheels: a broken import or a missing wheel fails here, not on the GPU machine.
 """
 
 from __future__ import annotations

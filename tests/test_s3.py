@@ -1,4 +1,4 @@
-"""The cluster path the README recommends, on a real S3-compatible server on 127.0.0.1
+"""The cluster path docs/cluster.md recommends, on a real S3-compatible server on 127.0.0.1
 (moto, a process of its own, behind a relay that can go down and come back): Ray Tune's
 state and checkpoints in `--storage s3://...`, MLflow artifacts through `vaelab server
 --artifacts-destination s3://...`.
