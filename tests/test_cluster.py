@@ -277,7 +277,7 @@ def test_a_submitted_job_keeps_its_own_env_and_refuses_paths_in_its_temporary_wo
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from vaelab.studies.cluster import JOB_CONFIG_ENV, _without_job_env_vars, check_job_paths
-    from vaelab.studies.plan import RunnerError
+    from vaelab.errors import RunnerError
 
     job = {"runtime_env": {"working_dir": "gcs://_ray_pkg_x.zip",
                            "env_vars": {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}}}
@@ -380,7 +380,7 @@ CREDENTIALED_URI_PROBE = """
 import json, os, sys
 sys.path.insert(0, {platform!r})
 from vaelab.studies.cluster import connect_ray, shutdown_ray
-from vaelab.studies.plan import RunnerError
+from vaelab.errors import RunnerError
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 uri = "http://vaelab:{secret}@127.0.0.1:5999"
 try:

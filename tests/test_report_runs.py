@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from report_fixtures import STUDY, T0, StudyFixture, make_study
 from vaelab.cli import app
+from vaelab.errors import ReportError
 from vaelab.report.build import RUN_MARKER, build_report
-from vaelab.report.collect import ReportError
 
 OLD_RUN = f"study-{T0}"  # the older study run's name (report_fixtures._parent_run)
 NEW_RUN = f"study-{T0 + 1_000_000}"

@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 
 from vaelab.cli import app
 from vaelab.config import trial_config
+from vaelab.errors import RunnerError
 from vaelab.studies import load_study, runner
-from vaelab.studies.plan import RunnerError
 from vaelab.studies.progress import progress_line
 from vaelab.studies.storage import find_run_name, write_sidecar
 from vaelab.studies.trial import CTX_KEY, STATUS_METRIC

@@ -27,17 +27,17 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 from mlflow.tracking import MlflowClient
 
+from vaelab.errors import RunnerError, TrackingError
 from vaelab.studies import load_study
 from vaelab.studies import cluster, runner, tune_state
 from vaelab.studies.faults import KILL_EPOCH_ENV, KILL_MARKER_ENV
-from vaelab.studies.plan import RunnerError
 from vaelab.studies.storage import read_sidecar
 from vaelab.tracking.connection import check_reachable
 from vaelab.tracking.queries import list_trial_runs
 from vaelab.tracking.retry import is_transient, with_retry
 from vaelab.tracking.runs import StudyRunInfo, TrialRun, start_study_run
 from vaelab.tracking.tags import TAG_ATTEMPT, TAG_VARIANT
-from vaelab.tracking.uri import TrackingError, has_credentials, redact_uri, resolve_tracking_uri
+from vaelab.tracking.uri import has_credentials, redact_uri, resolve_tracking_uri
 
 EPOCHS = 5
 KILL_EPOCH = 3

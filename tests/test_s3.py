@@ -140,7 +140,7 @@ def test_an_endpoint_that_does_not_answer_is_refused_before_any_trial(tmp_path: 
 
 def test_resume_makes_the_same_storage_check(tmp_path: Path, s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     from vaelab.studies import runner
-    from vaelab.studies.plan import RunnerError
+    from vaelab.errors import RunnerError
 
     for key, value in s3.env().items():
         monkeypatch.setenv(key, value)
@@ -152,7 +152,7 @@ def test_credentials_inside_the_storage_uri_or_the_endpoint_are_refused_unprinte
     s3: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Tune records the storage path and its filesystem's endpoint in the experiment state."""
-    from vaelab.studies.plan import RunnerError
+    from vaelab.errors import RunnerError
     from vaelab.studies.storage import check_storage
 
     for key, value in s3.env().items():

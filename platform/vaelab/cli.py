@@ -66,16 +66,10 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(USER_ERROR)
 
 
-def _is_user_error(err: BaseException) -> bool:
-    if isinstance(err, VaelabError):
-        return True
-    data = sys.modules.get("vaelab.data")  # only loaded (with torch) when data was touched
-    return data is not None and isinstance(err, getattr(data, "DataError", ()))
-
-
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """User-fixable errors -> one line on stderr, exit 2; bugs keep their traceback."""
+    """User-fixable errors (every `VaelabError`) -> one line on stderr, exit 2; bugs keep
+    their traceback."""
     try:
         yield
     except typer.Exit:
@@ -83,10 +77,8 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130)
-    except Exception as err:  # noqa: BLE001 - re-raised unless the user can fix it
-        if _is_user_error(err):
-            fail(str(err))
-        raise
+    except VaelabError as err:
+        fail(str(err))
 
 
 def _tracking_uri(uri: Optional[str]) -> str:
@@ -625,8 +617,6 @@ def mlflow_server_command(
     workers: Optional[int] = None, allowed_hosts: Optional[str] = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The `mlflow server` command line and environment `vaelab server` execs."""
-    from vaelab.errors import VaelabError
-
     if not backend_store_uri:
         raise VaelabError("--backend-store-uri (or MLFLOW_BACKEND_STORE_URI) is required, e.g. "
                           "postgresql://USER:PASSWORD@HOST:5432/mlflow")

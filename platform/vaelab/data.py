@@ -42,20 +42,13 @@ import scipy.io
 import torch
 
 from vaelab import config
+from vaelab.errors import DataError, MissingDataError
 
 ENV_VAR = "VAELAB_DATA_DIR"
 DEFAULT_ROOT = "~/.vaelab/data"
 SUBSET_SEED = 0  # `train_subset` draws the same examples for every trial
 DIGITS_SPLIT_SEED, DIGITS_N_TRAIN = 0, 1500
 NORB_URL = "https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/"
-
-
-class DataError(Exception):
-    """A dataset file is missing, corrupt or fails its checksum; the message says what to do."""
-
-
-class MissingDataError(DataError, FileNotFoundError):
-    """Dataset files are not where they were looked for."""
 
 
 @dataclass(frozen=True)
@@ -287,7 +280,7 @@ _NORB_HOW_TO = (
     "(writes norb.npz: train_x/test_x (N, 32, 32) uint8, train_y/test_y (N,))"
 )
 _MNIST_MD5 = ("6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624",
-              "2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637")  # shared/data/README
+              "2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637")  # uncompressed
 _MNIST_GZ_MD5 = ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
                  "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c")  # as served
 _FASHION_GZ_MD5 = ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",

@@ -1,8 +1,11 @@
-"""Errors a user can act on, as opposed to bugs.
+"""Errors a user can act on, as opposed to bugs: the one hierarchy, all here.
 
-The CLI catches `VaelabError`, prints its message and exits 2 without a traceback.
-A `SpecError` names the file, the key path and the bad value so a
-researcher can go straight to the line in the YAML that is wrong.
+The CLI catches `VaelabError`, prints its message and exits 2 without a traceback. Each
+subclass says whose input was wrong: a study file (`SpecError`), a dataset (`DataError`),
+how a study was launched or resumed (`RunnerError`), the tracking store (`TrackingError`,
+`StudyNotFoundError`) or what a report can be made of (`ReportError`). A `SpecError` names
+the file, the key path and the bad value so a researcher can go straight to the line in
+the YAML that is wrong. Imports nothing of vaelab, so every module can raise these.
 """
 
 from __future__ import annotations
@@ -12,6 +15,30 @@ from typing import Any, Iterable, Optional
 
 class VaelabError(Exception):
     """Base of every error that is the user's to fix (bad spec, missing data, ...)."""
+
+
+class DataError(VaelabError):
+    """A dataset file is missing, corrupt or fails its checksum; the message says what to do."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """Dataset files are not where they were looked for."""
+
+
+class RunnerError(VaelabError):
+    """A study cannot be launched or resumed as asked (storage, names, cluster)."""
+
+
+class TrackingError(VaelabError):
+    """The tracking server or database cannot be used (unreachable, misconfigured)."""
+
+
+class StudyNotFoundError(VaelabError, LookupError):
+    """No MLflow experiment (or no study run of the given name) for the study name."""
+
+
+class ReportError(VaelabError, ValueError):
+    """The study's MLflow content cannot be turned into a report (named cause)."""
 
 
 class _Missing:

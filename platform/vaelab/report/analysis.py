@@ -91,7 +91,8 @@ def inputs_from_mlflow(study: str, tracking_uri: str, run: Optional[str] = None)
 
 def inputs_from_folder(folder: Path) -> pd.DataFrame:
     """A report folder's trials.parquet as a trials frame (the spec comes from a study file)."""
-    from vaelab.report.collect import ReportError, with_labels
+    from vaelab.errors import ReportError
+    from vaelab.report.collect import with_labels
 
     path = Path(folder) / "trials.parquet"
     if not path.is_file():

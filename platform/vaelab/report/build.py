@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from vaelab.errors import ReportError
 from vaelab.report.analysis import PARALLEL, PARALLEL_CAPTION, analyse, write_analysis
-from vaelab.report.collect import ReportError, StudyData, collect_study
+from vaelab.report.collect import StudyData, collect_study
 from vaelab.report.figures import FIGURE_NAMES, FigureData, render_figures
 from vaelab.report.html import render_html
 from vaelab.report.markdown import render_markdown

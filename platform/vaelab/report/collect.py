@@ -17,15 +17,11 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import ValidationError
 
-from vaelab.errors import VaelabError
+from vaelab.errors import ReportError
 from vaelab.report import parquet
 from vaelab.report.spec import ReportSpec
 from vaelab.tracking.artifact_files import ArtifactFiles
 from vaelab.tracking.read import StudyRecord, TrialRun, read_histories, read_study, trial_artifacts
-
-
-class ReportError(VaelabError, ValueError):
-    """The study's MLflow content cannot be turned into a report (named cause)."""
 
 
 @dataclass

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from vaelab.studies.plan import RunnerError
+from vaelab.errors import RunnerError
 from vaelab.studies.storage import is_remote_storage
 from vaelab.tracking.uri import has_credentials, redact_uri, resolve_tracking_uri, sqlite_path
 

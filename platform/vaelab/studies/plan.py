@@ -16,13 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from vaelab.errors import VaelabError
+# RunnerError stays importable from here: Tune pickles a trial's exception (error.pkl) by
+# this module path, and runs started before it moved to errors.py are resumed and read back.
+from vaelab.errors import RunnerError  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-
-class RunnerError(VaelabError):
-    """A study cannot be launched or resumed as asked (storage, names, cluster)."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
+from vaelab.errors import RunnerError
 from vaelab.studies import tune_state
 from vaelab.studies.cluster import (
     check_cluster_storage,
@@ -30,7 +31,6 @@ from vaelab.studies.cluster import (
 from vaelab.studies.faults import fault_from_env
 from vaelab.studies.plan import (
     LaunchPlan,
-    RunnerError,
     check_dataset_pairs,
     check_datasets,
     default_run_name,

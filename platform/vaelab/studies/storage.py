@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 from urllib.parse import parse_qs, urlsplit
 
-from vaelab.studies.plan import RunnerError
+from vaelab.errors import RunnerError
 from vaelab.tracking.uri import has_credentials, redact_uri, scrub
 
 SIDECAR = "vaelab_study.json"  # in the Tune experiment directory: what `resume` needs

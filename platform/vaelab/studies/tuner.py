@@ -13,7 +13,8 @@ import dataclasses
 import os
 from typing import Any, Callable, Mapping
 
-from vaelab.studies.plan import LaunchPlan, RunnerError
+from vaelab.errors import RunnerError
+from vaelab.studies.plan import LaunchPlan
 from vaelab.studies.progress import progress_callback
 from vaelab.studies.trial import COHORT_KEY, CTX_KEY, PARAMS_KEY, cohort_trainable
 

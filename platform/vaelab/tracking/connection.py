@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from vaelab.errors import TrackingError
 from vaelab.tracking.retry import short_error, with_retry
-from vaelab.tracking.uri import TrackingError, redact_uri, resolve_tracking_uri, sqlite_path
+from vaelab.tracking.uri import redact_uri, resolve_tracking_uri, sqlite_path
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; mlflow is imported where a client is made
     from mlflow.tracking import MlflowClient

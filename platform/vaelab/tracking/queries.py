@@ -11,6 +11,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
+from vaelab.errors import TrackingError
 from vaelab.tracking.bulk import filter_runs, open_source, quote
 from vaelab.tracking.paging import PAGE_SIZE, all_pages
 from vaelab.tracking.read import param_kind, study_run_name
@@ -32,7 +33,7 @@ from vaelab.tracking.tags import (
     TAG_VARIANT,
     trial_status,
 )
-from vaelab.tracking.uri import TrackingError, redact_uri, resolve_tracking_uri
+from vaelab.tracking.uri import redact_uri, resolve_tracking_uri
 
 if TYPE_CHECKING:  # pragma: no cover - typing only (runs.py imports this module; mlflow is
     # imported where a client call is made, so a read on SQL never loads it)

@@ -38,7 +38,7 @@ import pandas as pd
 import yaml
 
 from vaelab.config import TrialConfig
-from vaelab.errors import VaelabError
+from vaelab.errors import StudyNotFoundError
 from vaelab.tracking.artifact_files import ArtifactFiles, ArtifactRoot
 from vaelab.tracking.bulk import RunRecord, RunSource, history_frame, open_source
 from vaelab.tracking.tags import (
@@ -58,10 +58,6 @@ STUDY_ARTIFACT = "study.yaml"
 TRIAL_ARTIFACTS = ("unit_kl.json", "latents.npz", "prior_samples.npz")
 ParamKind = Literal["int", "float", "bool", "str", "dims"]
 
-
-
-class StudyNotFoundError(VaelabError, LookupError):
-    """No MLflow experiment (or no study run of the given name) for the study name."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from vaelab.errors import TrackingError
 from vaelab.tracking.connection import client_for
 from vaelab.tracking.queries import find_runs
 from vaelab.tracking.retry import with_retry
@@ -46,7 +47,7 @@ from vaelab.tracking.tags import (
     TAG_STUDY,
     TAG_TRIAL_ID,
 )
-from vaelab.tracking.uri import TrackingError, resolve_tracking_uri, sqlite_path
+from vaelab.tracking.uri import resolve_tracking_uri, sqlite_path
 
 log = logging.getLogger(__name__)
 

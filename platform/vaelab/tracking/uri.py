@@ -12,15 +12,11 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
 
-from vaelab.errors import VaelabError
+from vaelab.errors import TrackingError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # URI query keys whose values must never be written anywhere (?token=..., ?password=...).
 _SECRET_QUERY_KEYS = re.compile(r"(pass|secret|token|key|auth|cred|signature)", re.IGNORECASE)
-
-
-class TrackingError(VaelabError):
-    """The tracking server or database cannot be used (unreachable, misconfigured)."""
 
 
 def resolve_tracking_uri(uri: Optional[str] = None) -> str:
