@@ -82,6 +82,24 @@ def test_reports_import_neither_torch_nor_ray(name):
                for m in reached), (name, reached)
 
 
+def test_no_import_cycles():
+    """No module reaches itself through vaelab imports (lazy and typing-only ones included):
+    a cycle means two modules share a piece that belongs in one of them."""
+    graph = {n: {m for m in internal(imports_of(n)) if m in MODULES and m != n} for n in MODULES}
+    cycles = []
+    for start in graph:
+        seen, frontier = set(), set(graph[start])
+        while frontier:
+            node = frontier.pop()
+            if node == start:
+                cycles.append(start)
+                break
+            if node not in seen:
+                seen.add(node)
+                frontier |= graph[node]
+    assert cycles == [], f"modules that import themselves through others: {sorted(cycles)}"
+
+
 def test_nothing_imports_the_cli():
     importers = [n for n in MODULES if n != "vaelab.cli" and "vaelab.cli" in imports_of(n)]
     assert importers == []

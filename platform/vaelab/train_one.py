@@ -30,7 +30,6 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"epochs": 10, "eval_iw": 100, "eval_every": 5},
     "paper": {},
 }
-DEFAULT_PRESET = "quick"
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "config.yaml"
 TICK_S = 15.0  # how often a long final evaluation says it is still going

@@ -1,14 +1,18 @@
-"""Lookups of trial and study runs: the small reads right after writing, shared with the read side.
+"""Lookups of trial and study runs, below the write side: runs.py imports this module, never
+the other way round.
 
-`find_runs` (runs by tags) serves runs.py; the runner's summary and resume, and the CLI's
-`ls` / `query`, read trial runs as plain rows (`trial_row`). The report's read side is
-read.py. Imports mlflow.
+`StudyRunInfo` names a study run's parent; `find_runs` (runs by tags) serves runs.py, and
+`ended_trial_runs` a starting trial (its own runs by key). The runner's summary and
+resume, and the CLI's `ls` / `query`, read trial runs as plain rows (`trial_row`). The
+report's read side is read.py (whose param typing and run names this module reuses).
+Imports mlflow where a client call is made.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from vaelab.errors import TrackingError
@@ -35,11 +39,20 @@ from vaelab.tracking.tags import (
 )
 from vaelab.tracking.uri import redact_uri, resolve_tracking_uri
 
-if TYPE_CHECKING:  # pragma: no cover - typing only (runs.py imports this module; mlflow is
-    # imported where a client call is made, so a read on SQL never loads it)
+if TYPE_CHECKING:  # pragma: no cover - typing only: mlflow is imported where a client call
+    # is made, so a read on SQL never loads it
     from mlflow.tracking import MlflowClient
 
-    from vaelab.tracking.runs import StudyRunInfo
+
+@dataclass(frozen=True)
+class StudyRunInfo:
+    """A study run's parent as plain strings: what its trials look up their runs under
+    (written by runs.py, read by the lookups here), picklable into a Tune config."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    study: str
 
 
 def find_runs(client: MlflowClient, experiment_id: str, tags: Mapping[str, str], with_retries: bool = True):

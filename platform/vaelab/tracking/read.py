@@ -239,10 +239,6 @@ def _no_study_message(study_name: str, tracking_uri: str, source: RunSource) -> 
             f"experiment name; studies there: {known})")
 
 
-def _role(run: RunRecord) -> str:
-    return run.data.tags.get(TAG_ROLE, "")
-
-
 def study_run_name(run: RunRecord) -> str:
     """The name `vaelab run` gave a study run (its Tune experiment folder)."""
     return run.data.tags.get(TAG_RUN_NAME) or run.info.run_name or run.info.run_id

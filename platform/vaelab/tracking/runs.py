@@ -9,7 +9,8 @@ Writes use `MlflowClient` directly (never the fluent active-run stack, which is 
 and would tangle the members of one cohort). Every call is retried (retry.py) on transient
 errors: a metric must never be lost. Retries are idempotent: a batch keeps its timestamps
 across attempts and MLflow drops an exact duplicate (key, timestamp, step, value).
-Imports mlflow; the lookups it shares with the read side live in queries.py.
+Imports mlflow; the lookups (and `StudyRunInfo`) live in queries.py, which imports nothing
+from here.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from vaelab.errors import TrackingError
 from vaelab.tracking.connection import client_for
-from vaelab.tracking.queries import find_runs
+from vaelab.tracking.queries import StudyRunInfo, find_runs
 from vaelab.tracking.retry import with_retry
 from vaelab.tracking.tags import (
     ROLE_STUDY,
@@ -175,16 +176,6 @@ def _now_ms() -> int:
 # --------------------------------------------------------------------------- the study run
 
 
-@dataclass(frozen=True)
-class StudyRunInfo:
-    """What trials need to find their parent: plain strings, picklable into a Tune config."""
-
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-    study: str
-
-
 def start_study_run(
     tracking_uri: str,
     study: str,
@@ -224,17 +215,6 @@ def start_study_run(
         _log_params(client, run.info.run_id, param_strings(params), existing={})
     with_retry(lambda: client.log_text(run.info.run_id, study_yaml, "study.yaml"), "log study.yaml")
     return StudyRunInfo(uri, experiment_id, run.info.run_id, study)
-
-
-def find_study_run(tracking_uri: str, study: str, run_name: str) -> Optional[StudyRunInfo]:
-    """The parent run of study `study` launched under `run_name`, if any."""
-    uri = resolve_tracking_uri(tracking_uri)
-    client = client_for(uri)
-    exp = with_retry(lambda: client.get_experiment_by_name(study), "get experiment")
-    if exp is None:
-        return None
-    runs = find_runs(client, exp.experiment_id, {TAG_ROLE: ROLE_STUDY, TAG_RUN_NAME: run_name})
-    return StudyRunInfo(uri, exp.experiment_id, runs[0].info.run_id, study) if runs else None
 
 
 def reopen_study_run(info: StudyRunInfo) -> None:
