@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 from vaelab.cli import app
 from vaelab.config import TrialConfig
 from vaelab.report.build import build_report
-from vaelab.report.claims import evaluate_claim
+from vaelab.report.claims import evaluate_claim, evaluate_claims, p_text
 from vaelab.report.drivers import parallel_coordinates, what_drives
 from vaelab.report.spec import ClaimSpec
 
@@ -127,6 +127,43 @@ def test_planted_effect_holds_and_null_is_not_significant(report) -> None:
     assert (one["n"], one["reason"], one["verdict"]) == (1, "one seed", "inconclusive")
     kl = rows[rows["claim"] == "kl_low"]
     assert kl["paired"].isna().all() and list(kl["mean_b"]) == [50.0, 50.0]
+
+
+def _holm_by_hand(ps: dict[str, float]) -> dict[str, float]:
+    """Holm's step-down: the k-th smallest p times (m − k), kept monotone, capped at 1."""
+    ordered = sorted(ps.items(), key=lambda kv: kv[1])
+    out, running = {}, 0.0
+    for k, (name, p) in enumerate(ordered):
+        running = max(running, min(1.0, (len(ordered) - k) * p))
+        out[name] = running
+    return out
+
+
+def test_the_studys_claims_are_corrected_together_with_holm(report, store: str) -> None:
+    rows = _claims(report).groupby("claim").first()
+    tested = rows[rows["claim_p"].notna()]
+    assert set(tested.index) == {"planted", "null", "reversed", "kl_low"}  # one_seed ran no test
+    assert rows.loc["one_seed", "claim_verdict_study"] == "inconclusive" and pd.isna(rows.loc["one_seed", "claim_p_study"])
+    # a claim's p decides its own verdict at α ...
+    assert ((tested["claim_p"] < 0.05) == (tested["claim_verdict"] != "inconclusive")).all()
+    # ... and the study-wide p is Holm over the four tested claims
+    expected = _holm_by_hand(tested["claim_p"].to_dict())
+    assert tested["claim_p_study"].to_dict() == pytest.approx(expected, rel=1e-12)
+    # combine: all holds when every cell holds (intersection-union): at its largest p
+    assert rows.loc["planted", "claim_p"] == pytest.approx(_claims(report).query("claim == 'planted'")["p"].max())
+    for name, row in tested.iterrows():
+        study = row["claim_verdict"] if row["claim_p_study"] < 0.05 else "inconclusive"
+        assert row["claim_verdict_study"] == study, name
+    counts = rows["claim_verdict_study"].value_counts().to_dict()
+    headline = (f"5 claims tested at α = 0.05, each on its own: 2 holds, 1 contradicted, 2 inconclusive; "
+                f"with Holm across the 4 tested claims: {counts.get('holds', 0)} holds, "
+                f"{counts.get('contradicted', 0)} contradicted, {counts.get('inconclusive', 0)} inconclusive")
+    assert headline in report.tables_md.read_text() and headline in report.index_html.read_text()
+    result = runner.invoke(app, ["claims", STUDY, "--tracking-uri", store])
+    assert result.exit_code == 0 and headline in result.output
+    p_study = tested.loc["planted", "claim_p_study"]
+    assert f"across the study: holds (Holm-adjusted p = {p_text(p_study)} < α=0.05 across 4 claims" in result.output
+    assert "across the study: not tested, not counted" in result.output  # one_seed
 
 
 def test_paired_test_matches_scipy_on_the_logged_values(report, store: str) -> None:
@@ -241,6 +278,26 @@ def test_validation_refuses_a_claim_the_grid_cannot_answer(tmp_path: Path, claim
     assert key in result.output and message in result.output and "Traceback" not in result.output
 
 
+def test_validate_warns_when_a_permutation_claim_can_never_reach_alpha(tmp_path: Path) -> None:
+    claims = [{"name": "exact", "statement": "s", "source": "x", "metric": "test_ll_iw", "a": "VAE+BN", "b": ["VAE"],
+               "per": "latent_dims", "test": "permutation"},
+              {"name": "t_test", "statement": "s", "source": "x", "metric": "test_ll_iw", "a": "VAE+BN", "b": ["VAE"]}]
+    path = _study_with_claims(tmp_path, claims)
+    data = yaml.safe_load(path.read_text())
+    data["budgets"]["six"] = {**data["budgets"]["short"], "seeds": list(range(6))}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output  # a warning, not an error
+    lines = [line.strip() for line in result.output.splitlines()]
+    short = lines.index(next(line for line in lines if line.startswith("budget short:")))
+    assert lines[short + 1] == ("warning: report.claims[0] (exact): test: permutation can never reach α = 0.05 with "
+                                "this budget's seeds: the exact test's smallest p is 2/2^2 over 2 paired seeds = 0.5; "
+                                "it needs 6 seeds (or test: t)")
+    assert "report.claims[1]" not in result.output  # the t-test claim
+    six = lines.index(next(line for line in lines if line.startswith("budget six:")))
+    assert not any("warning" in line for line in lines[six + 1:six + 2])  # 2/2^6 = 0.031 < 0.05
+
+
 def test_validation_refuses_a_claim_with_two_forms(tmp_path: Path) -> None:
     claim = {"name": "c", "statement": "s", "source": "x", "metric": "test_ll_iw", "a": "VAE", "threshold": 1.0}
     result = runner.invoke(app, ["validate", str(_study_with_claims(tmp_path, [claim]))])
@@ -290,6 +347,35 @@ def test_holm_keeps_contradictions_over_cells_below_alpha() -> None:
     # four null cells: uncorrected, some cell would be "contradicted" in 1 − 0.975⁴ ≈ 10% of studies
     rates = _rates(_spec(per="depth"), generators=400, n=5, cells=4, effect=0.0)
     assert rates["contradicted"] <= 0.055 and rates["holds"] <= 0.01, rates
+
+
+def test_holm_across_claims_keeps_a_study_of_null_claims_below_alpha() -> None:
+    # three null claims, each tested at α: some claim "holds" or is "contradicted" in about
+    # 1 − 0.95³ ≈ 14% of studies; across the study (Holm over claims) in at most α of them
+    specs = [_spec(where={"depth": depth}).model_copy(update={"name": f"c{depth}"}) for depth in (1, 2, 3)]
+    any_claim = any_study = 0
+    generators = 400
+    for g in range(generators):
+        results = evaluate_claims(specs, _null_frame(np.random.default_rng(g), 5, 3, 0.0), 0.05)
+        any_claim += any(r.verdict != "inconclusive" for r in results)
+        any_study += any(r.study_verdict != "inconclusive" for r in results)
+    assert 0.08 <= any_claim / generators <= 0.21, any_claim  # sd 0.017 at 400 draws
+    assert any_study / generators <= 0.075, any_study
+
+
+def test_three_claims_at_p_0_03_hold_each_but_not_across_the_study() -> None:
+    from scipy import stats
+
+    a, b = {0: 1.0, 1: 2.3, 2: 3.1, 3: 4.0}, {0: 0.2, 1: 1.1, 2: 2.9, 3: 3.1}
+    p = stats.ttest_rel(list(a.values()), list(b.values())).pvalue
+    assert 0.05 / 3 < p < 0.05
+    specs = [_spec().model_copy(update={"name": f"c{k}"}) for k in range(3)]
+    results = evaluate_claims(specs, _pair_frame(a, b), 0.05)
+    assert [r.verdict for r in results] == ["holds"] * 3
+    assert [r.study_verdict for r in results] == ["inconclusive"] * 3
+    assert all(r.p == pytest.approx(p) and r.p_study == pytest.approx(3 * p) for r in results)
+    alone = evaluate_claims(specs[:1], _pair_frame(a, b), 0.05)[0]
+    assert alone.study_verdict == "holds" and alone.p_study == pytest.approx(p)  # one claim: nothing to correct
 
 
 def test_planted_effect_is_found_over_generator_seeds() -> None:

@@ -33,6 +33,18 @@ Cells combine (`combine`):
 An inconclusive comparison says how many seeds would give its test 80 % power at α for
 the effect and spread observed, or that none would (report/power.py).
 
+Many claims, one α: each claim's verdict is reached at α on its own. Across the study a
+second verdict corrects for the number of claims (Holm across claims, `study_verdict`).
+A claim's p (`ClaimResult.p`) is the p its verdict is reached at, so that it is decided
+(holds or contradicted) exactly when p < α: all — the largest p when every comparison has
+the claimed sign (intersection-union), or the smallest within-claim Holm p of a
+contradicting comparison; any — the smallest within-claim Holm p of a comparison with the
+claimed sign, or the largest p when every comparison is contradicted; the smaller of the
+two where both exist (1 where neither does). The claims with a p are then Holm-adjusted
+together (`p_study`); a claim keeps its verdict across the study when p_study < α, and is
+inconclusive across the study otherwise. A claim with nothing tested has no p and is not
+counted.
+
 Only finished trials with a finite metric are used; the unused trials of the compared
 sides are named in `left_out` (trials of cells or levels the claim does not compare are
 not its business). Imports pandas, numpy and scipy only.
@@ -51,10 +63,12 @@ from scipy import stats
 
 from vaelab.report import order
 from vaelab.report.power import SeedsAdvice, seeds_advice
-from vaelab.report.spec import ClaimSpec, Level
+from vaelab.report.spec import ClaimSpec, Level, exact_p_floor
 from vaelab.report.tables import axis_column, matches, plain
 
 HOLDS, CONTRADICTED, INCONCLUSIVE = "holds", "contradicted", "inconclusive"
+HOLM_ACROSS = ("across the study each claim's p (the p its verdict is reached at) is Holm-adjusted over the "
+               "study's tested claims: a claim keeps its verdict across the study when that adjusted p < α.")
 METHODS = {
     ("t", True): "paired t-test on the per-seed differences (scipy.stats.ttest_1samp)",
     ("t", False): "Welch t-test (scipy.stats.ttest_ind, equal_var=False)",
@@ -75,6 +89,7 @@ _SCHEMA = pa.schema(
         ("verdict", pa.string()), ("reason", pa.string()),
         ("seeds_needed", pa.int64()), ("seeds_advice", pa.string()),
         ("claim_verdict", pa.string()), ("combine", pa.string()),
+        ("claim_p", pa.float64()), ("claim_p_study", pa.float64()), ("claim_verdict_study", pa.string()),
     ]
 )
 
@@ -114,6 +129,10 @@ class ClaimResult:
     verdict: str
     why: str  # how the cells combined into the verdict
     left_out: list[str] = field(default_factory=list)  # trials and cells not tested
+    p: Optional[float] = None  # the p the verdict is reached at (None: nothing tested); see the module docstring
+    p_study: Optional[float] = None  # p Holm-adjusted across the study's claims
+    study_verdict: str = INCONCLUSIVE  # the verdict once the study's claims are corrected together
+    study_claims: int = 0  # how many claims the study-wide Holm ran over
 
     def methods(self) -> str:
         """The tests that were run ('' when every comparison was short of seeds)."""
@@ -132,8 +151,20 @@ class ClaimResult:
 
 
 def evaluate_claims(specs: Iterable[ClaimSpec], trials: pd.DataFrame, alpha: float) -> list[ClaimResult]:
-    """Test every claim on a trials frame (trials.parquet + `label`, see collect.with_labels)."""
-    return [evaluate_claim(spec, trials, alpha) for spec in specs]
+    """Test every claim on a trials frame (trials.parquet + `label`, see collect.with_labels),
+    each at α and all of them together (Holm across claims)."""
+    return with_study_holm([evaluate_claim(spec, trials, alpha) for spec in specs], alpha)
+
+
+def with_study_holm(results: list[ClaimResult], alpha: float) -> list[ClaimResult]:
+    """Holm across the claims that have a p: `p_study` and `study_verdict` of each."""
+    adjusted = holm([r.p for r in results])
+    counted = sum(r.p is not None for r in results)
+    for result, p_study in zip(results, adjusted):
+        result.p_study, result.study_claims = p_study, counted
+        decided = p_study is not None and p_study < alpha
+        result.study_verdict = result.verdict if decided else INCONCLUSIVE
+    return results
 
 
 def evaluate_claim(spec: ClaimSpec, trials: pd.DataFrame, alpha: float) -> ClaimResult:
@@ -152,7 +183,8 @@ def evaluate_claim(spec: ClaimSpec, trials: pd.DataFrame, alpha: float) -> Claim
             comparisons += _level_comparisons(spec, cell_name, cell, subset, alpha, notes, compared)
     comparisons = _with_holm(comparisons)
     verdict, why = _combine(spec, comparisons, alpha)
-    return ClaimResult(spec, alpha, comparisons, verdict, why, _left_out(spec, compared) + notes)
+    return ClaimResult(spec, alpha, comparisons, verdict, why, _left_out(spec, compared) + notes,
+                       p=claim_p(spec, comparisons))
 
 
 def _frame_problems(spec: ClaimSpec, trials: pd.DataFrame) -> list[str]:
@@ -285,10 +317,10 @@ def _compare(
     if paired:
         diffs = values_a - values_b
         p, ci, note = _one_sample(diffs, spec.test, alpha, "paired differences")
-        floor, sds = 2.0 / 2**n, (_spread(diffs),)
+        floor, sds = exact_p_floor(n), (_spread(diffs),)
     else:
         p, ci, note = _two_sample(values_a, values_b, spec.test, alpha)
-        floor, sds = 2.0 / math.comb(len(values_a) + len(values_b), len(values_a)), (_spread(values_a), _spread(values_b))
+        floor, sds = exact_p_floor(len(values_a), len(values_b)), (_spread(values_a), _spread(values_b))
     verdict, reason = _verdict(spec, effect, p, alpha, floor if spec.test == "permutation" else 0.0, n)
     advice = _advice(spec, verdict, effect, sds, n, alpha)
     return Comparison(mean_a=mean_a, mean_b=mean_b, effect=effect, ci=ci, p=p, verdict=verdict,
@@ -309,7 +341,7 @@ def _threshold_comparison(spec: ClaimSpec, cell_name: str, cell: pd.DataFrame, a
                           seeds=_short_advice(len(values)), **base)
     excess = values - spec.threshold
     p, (low, high), note = _one_sample(excess, spec.test, alpha, "values − threshold")
-    floor = 2.0 / 2 ** len(values) if spec.test == "permutation" else 0.0
+    floor = exact_p_floor(len(values)) if spec.test == "permutation" else 0.0
     verdict, reason = _verdict(spec, effect, p, alpha, floor, len(values))
     advice = _advice(spec, verdict, effect, (_spread(excess),), len(values), alpha)
     return Comparison(ci=(low, high), p=p, verdict=verdict, reason=_with_note(reason, note), seeds=advice, **base)
@@ -421,16 +453,48 @@ def _verdict(spec: ClaimSpec, effect: Optional[float], p: float, alpha: float, f
     return CONTRADICTED, f"p={p_text(p)} < α={alpha:g}, effect has the opposite sign"
 
 
-def _with_holm(comparisons: list[Comparison]) -> list[Comparison]:
-    """Holm step-down adjusted p over a claim's tested comparisons."""
-    tested = [(k, c.p) for k, c in enumerate(comparisons) if c.p is not None]
-    adjusted: dict[int, float] = {}
+def holm(ps: list[Optional[float]]) -> list[Optional[float]]:
+    """Holm step-down adjusted p of each p (None stays None and is not counted)."""
+    tested = [(k, p) for k, p in enumerate(ps) if p is not None]
+    adjusted: list[Optional[float]] = [None] * len(ps)
     running = 0.0
     m = len(tested)
     for rank, (k, p) in enumerate(sorted(tested, key=lambda kp: kp[1])):
         running = max(running, min(1.0, (m - rank) * p))
         adjusted[k] = running
-    return [replace(c, p_holm=adjusted.get(k)) for k, c in enumerate(comparisons)]
+    return adjusted
+
+
+def _with_holm(comparisons: list[Comparison]) -> list[Comparison]:
+    """Holm step-down adjusted p over a claim's tested comparisons."""
+    adjusted = holm([c.p for c in comparisons])
+    return [replace(c, p_holm=p) for c, p in zip(comparisons, adjusted)]
+
+
+def _sign(spec: ClaimSpec, c: Comparison) -> int:
+    """+1: the effect has the claimed sign; -1: the opposite one; 0: none (or no effect)."""
+    if c.effect is None or c.effect == 0.0 or not math.isfinite(c.effect):
+        return 0
+    return 1 if (c.effect > 0) == (spec.direction == "greater") else -1
+
+
+def claim_p(spec: ClaimSpec, comparisons: list[Comparison]) -> Optional[float]:
+    """The p a claim's verdict is reached at (module docstring): < α exactly when `_combine`
+    decides it; None when no comparison was tested."""
+    tested = [c for c in comparisons if c.p is not None]
+    if not tested:
+        return None
+    every = len(tested) == len(comparisons)
+    claimed = [c for c in tested if _sign(spec, c) > 0]
+    opposite = [c for c in tested if _sign(spec, c) < 0]
+    if spec.combine == "all":  # holds: intersection-union; contradicted: Holm within the claim
+        holds = max(c.p for c in claimed) if every and len(claimed) == len(comparisons) else None
+        against = min(c.p_holm for c in opposite) if opposite else None
+    else:  # any: holds after Holm within the claim; contradicted: intersection-union
+        holds = min(c.p_holm for c in claimed) if claimed else None
+        against = max(c.p for c in opposite) if every and len(opposite) == len(comparisons) else None
+    found = [p for p in (holds, against) if p is not None]
+    return min(found) if found else 1.0
 
 
 def _combine(spec: ClaimSpec, comparisons: list[Comparison], alpha: float) -> tuple[str, str]:
@@ -484,6 +548,7 @@ def claims_table(results: list[ClaimResult]) -> pa.Table:
                 "alpha": result.alpha, "verdict": c.verdict, "reason": c.reason,
                 "seeds_needed": c.seeds.needed, "seeds_advice": c.seeds.text,
                 "claim_verdict": result.verdict, "combine": spec.combine,
+                "claim_p": result.p, "claim_p_study": result.p_study, "claim_verdict_study": result.study_verdict,
             }
             for name in _SCHEMA.names:
                 rows[name].append(values[name])
@@ -514,13 +579,38 @@ def comparison_line(c: Comparison) -> str:
     return f"{line}; seeds: {c.seeds.text}" if c.seeds.text else line
 
 
+def verdict_counts(results: list[ClaimResult], study: bool = False) -> str:
+    """'2 holds, 1 contradicted, 3 inconclusive', per claim or across the study."""
+    verdicts = [r.study_verdict if study else r.verdict for r in results]
+    return ", ".join(f"{verdicts.count(v)} {v}" for v in (HOLDS, CONTRADICTED, INCONCLUSIVE))
+
+
+def headline(results: list[ClaimResult]) -> str:
+    """'6 claims tested at α = 0.05: 6 holds, …; with Holm across the 6 claims: 4 holds, …'."""
+    alpha = results[0].alpha
+    counted = results[0].study_claims
+    return (f"{len(results)} claims tested at α = {alpha:g}, each on its own: {verdict_counts(results)}; "
+            f"with Holm across the {counted} tested claim{'' if counted == 1 else 's'}: "
+            f"{verdict_counts(results, study=True)}")
+
+
+def study_text(result: ClaimResult) -> str:
+    """'holds (Holm-adjusted p = 0.003 across 6 claims)', or why there is none."""
+    if result.p_study is None:
+        return "not tested, not counted"
+    relation = "<" if result.p_study < result.alpha else "≥"
+    return (f"{result.study_verdict} (Holm-adjusted p = {p_text(result.p_study)} {relation} α={result.alpha:g} "
+            f"across {result.study_claims} claims; claim p = {p_text(result.p)})")
+
+
 def format_claims(results: list[ClaimResult]) -> list[str]:
     """Plain-text verdicts (the `vaelab claims` output)."""
-    lines: list[str] = []
+    lines: list[str] = [headline(results)] if results else []
     for result in results:
         spec = result.spec
         lines.append(f"[{result.verdict}] {spec.name}: {spec.statement}")
         lines.append(f"    source: {spec.source}; tested: {result.side_text()}; {result.why}")
+        lines.append(f"    across the study: {study_text(result)}")
         if result.methods():
             lines.append(f"    test: {result.methods()}; CI = {1 - result.alpha:.0%} t-interval of the effect")
         lines += [f"    {comparison_line(c)}" for c in result.comparisons]

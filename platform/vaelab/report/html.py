@@ -9,7 +9,7 @@ from __future__ import annotations
 from html import escape
 
 from vaelab.report.analysis import Analysis
-from vaelab.report.claims import ClaimResult, Comparison, ci_text, n_text, number, p_text
+from vaelab.report.claims import HOLM_ACROSS, ClaimResult, Comparison, ci_text, headline, n_text, number, p_text, study_text
 from vaelab.report.drivers import Drivers
 from vaelab.report.power import TARGET_POWER
 from vaelab.report.summary import Summary
@@ -146,19 +146,22 @@ def claims_html(claims: list[ClaimResult]) -> str:
     parts = [
         '<section class="claims" id="claims">',
         "<h2>Claims</h2>",
-        f'<p class="caption">{len(claims)} claims tested at α = {alpha:g}. Effect = difference of means '
-        f"(a − b, or value − threshold) with its {level} t-interval; p two-sided, paired by seed where both sides share "
-        "seeds; Holm-corrected p where a claim combines several comparisons. Seeds: for an inconclusive comparison, "
-        f"how many seeds would give its test {TARGET_POWER:.0%} power for the effect and spread observed.</p>",
+        f'<p class="headline"><strong>{escape(headline(claims))}.</strong></p>',
+        f'<p class="caption">Effect = difference of means (a − b, or value − threshold) with its {level} t-interval; '
+        "p two-sided, paired by seed where both sides share seeds; Holm-corrected p where a claim combines several "
+        f"comparisons, and {escape(HOLM_ACROSS)} Seeds: for an inconclusive comparison, how many seeds would give its "
+        f"test {TARGET_POWER:.0%} power for the effect and spread observed.</p>",
     ]
     for claim in claims:
         spec = claim.spec
         methods = claim.methods()
         parts += [
-            f'<div class="claim" id="claim-{escape(spec.name)}" data-verdict="{escape(claim.verdict)}">',
+            f'<div class="claim" id="claim-{escape(spec.name)}" data-verdict="{escape(claim.verdict)}" '
+            f'data-study-verdict="{escape(claim.study_verdict)}">',
             f'<h3><span class="verdict {escape(claim.verdict)}">{escape(claim.verdict)}</span> {escape(spec.name)}</h3>',
             f'<p>{escape(spec.statement)} <span class="source">— {escape(spec.source)}</span></p>',
             f"<p>Tested: {escape(claim.side_text())}; {escape(claim.why)}.{' Test: ' + escape(methods) + '.' if methods else ''}</p>",
+            f"<p>Across the study: {escape(study_text(claim))}.</p>",
         ]
         if claim.comparisons:
             head = "".join(f"<th>{h}</th>" for h in ("cell", "vs", "effect", f"{level} CI", "n", "p", "p (Holm)", "verdict", "seeds"))

@@ -243,7 +243,8 @@ def claims_latex(study: str, claims: list[ClaimResult]) -> list[str]:
         "\\small",
         f"\\caption{{Claims tested on study {escape(study)} at $\\alpha = {alpha:g}$: effect = difference "
         f"of means (a $-$ b, or value $-$ threshold) with its {1 - alpha:.0%} t-interval; p two-sided, paired by seed "
-        "where both sides share seeds; verdict per comparison, then per claim.}".replace("%", r"\%"),
+        "where both sides share seeds; verdict per comparison, then per claim, then per claim with Holm across "
+        f"the study's {claims[0].study_claims} tested claims.}}".replace("%", r"\%"),
         f"\\label{{tab:{_label(study)}-claims}}",
         "\\begin{tabular}{llrlrrl}",
         "\\toprule",
@@ -253,7 +254,9 @@ def claims_latex(study: str, claims: list[ClaimResult]) -> list[str]:
     for k, result in enumerate(claims):
         if k:
             lines.append("\\midrule")
-        title = f"\\multicolumn{{7}}{{@{{}}p{{0.95\\textwidth}}@{{}}}}{{\\textbf{{{escape(result.spec.name)}}} ({escape(result.verdict)}): " \
+        across = f"; across the study: {result.study_verdict}, Holm p = {p_text(result.p_study)}" \
+            if result.p_study is not None else ""
+        title = f"\\multicolumn{{7}}{{@{{}}p{{0.95\\textwidth}}@{{}}}}{{\\textbf{{{escape(result.spec.name)}}} ({escape(result.verdict + across)}): " \
                 f"{prose(result.spec.statement)} --- {prose(result.spec.source)}}} \\\\"
         lines.append(title)
         for c in result.comparisons:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vaelab.report.analysis import Analysis
-from vaelab.report.claims import ClaimResult, ci_text, n_text, number, p_text
+from vaelab.report.claims import HOLM_ACROSS, ClaimResult, ci_text, headline, n_text, number, p_text, study_text
 from vaelab.report.drivers import Drivers
 from vaelab.report.power import TARGET_POWER
 from vaelab.report.summary import Summary
@@ -77,20 +77,22 @@ def _figures_markdown(figures: dict[str, str], skipped: dict[str, str]) -> list[
 
 def claims_markdown(claims: list[ClaimResult]) -> list[str]:
     alpha = claims[0].alpha
-    verdicts = ", ".join(f"{sum(c.verdict == v for c in claims)} {v}" for v in ("holds", "contradicted", "inconclusive"))
     lines = [
         "## Claims",
         "",
-        f"_{len(claims)} claims tested at α = {alpha:g} ({verdicts}). Effect = difference of means "
-        f"(a − b, or value − threshold) with its {1 - alpha:.0%} t-interval; p two-sided, paired by seed where both "
-        "sides share seeds; Holm-corrected p where a claim combines several comparisons. Seeds: for an inconclusive "
-        f"comparison, how many seeds would give its test {TARGET_POWER:.0%} power for the effect and spread observed._",
+        f"**{_escape(headline(claims))}.**",
+        "",
+        f"_Effect = difference of means (a − b, or value − threshold) with its {1 - alpha:.0%} t-interval; p "
+        "two-sided, paired by seed where both sides share seeds; Holm-corrected p where a claim combines several "
+        f"comparisons, and {HOLM_ACROSS} Seeds: for an inconclusive comparison, how many seeds would give its test "
+        f"{TARGET_POWER:.0%} power for the effect and spread observed._",
         "",
     ]
     for claim in claims:
         spec = claim.spec
         lines += [f"### {spec.name}: **{claim.verdict}**", "", f"{_escape(spec.statement)} — _{_escape(spec.source)}_", ""]
         lines.append(f"Tested: {_escape(claim.side_text())}; {_escape(claim.why)}.")
+        lines.append(f"Across the study: {_escape(study_text(claim))}.")
         lines += [f"Test: {_escape(claim.methods())}." if claim.methods() else "", ""]
         if claim.comparisons:
             lines.append(f"| cell | vs | effect | {1 - alpha:.0%} CI | n | p | p (Holm) | verdict | seeds |")

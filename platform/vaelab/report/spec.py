@@ -6,6 +6,7 @@ share one definition without the report importing torch or ray.
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -60,6 +61,16 @@ class TableSpec(BaseModel):
 
 
 Level = str | int | float | bool  # a value of a param or a variant label, as written
+
+
+def exact_p_floor(n_a: int, n_b: Optional[int] = None) -> float:
+    """The smallest two-sided p the exact permutation test of a claim cell can give:
+    2/2ⁿ over the n sign flips of paired differences or of values − threshold (`n_b`
+    None), 2/C(n_a + n_b, n_a) over the relabellings of two unpaired sides. With too few
+    seeds it is at or above α, and no data can make the cell hold (report/claims.py)."""
+    if n_b is None:
+        return 2.0 / 2**n_a
+    return 2.0 / math.comb(n_a + n_b, n_a)
 
 
 class ClaimSpec(BaseModel):

@@ -8,12 +8,12 @@ vaelab.config, vaelab.errors, report.paper (the published numbers), report.spec,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from vaelab.config import MAX_DEPTH
 from vaelab.errors import SpecError
 from vaelab.report.paper import paper_results
-from vaelab.report.spec import ClaimSpec, ReportSpec, TableSpec
+from vaelab.report.spec import ClaimSpec, ReportSpec, TableSpec, exact_p_floor
 from vaelab.studies.metric_names import LAYER_FAMILIES, metric_error
 from vaelab.studies.schema import PARAM_FIELDS, Study, bundle_params, format_scalar
 from vaelab.studies.wording import suggest
@@ -217,3 +217,74 @@ def _check_levels(dim: str, levels: list[tuple[str, Any]], path: str, trials: li
             shown = format_scalar(level)
             errors.append(src.error(key_join(path, key), level, f"no trial of this budget has {dim}={shown}{suggest(shown, present)}; values: {', '.join(present)}"))
     return errors
+
+
+# ---------------------------------------------------------------------------------
+# Claims no outcome can decide (warnings of `vaelab validate`, given a budget's trials)
+
+
+def permutation_warnings(report: ReportSpec, trials: list[TrialParams]) -> list[str]:
+    """Claims with `test: permutation` that can never hold with this budget's seeds.
+
+    Each comparison is paired, or not, as report/claims.py pairs it when every trial
+    finishes; its exact test's smallest p is `exact_p_floor` of its seeds. A claim that
+    needs every comparison (combine: all) fails on its worst one, combine: any on its best."""
+    warnings = []
+    for index, claim in enumerate(report.claims):
+        if claim.test != "permutation":
+            continue
+        floors = [_comparison_floor(a, b, report.alpha) for a, b in _claim_sides(claim, trials)]
+        if not floors:
+            continue
+        floor, how, needed = (max if claim.combine == "all" else min)(floors)
+        if floor >= report.alpha:
+            warnings.append(
+                f"report.claims[{index}] ({claim.name}): test: permutation can never reach α = {report.alpha:g} "
+                f"with this budget's seeds: the exact test's smallest p is {how} = {floor:.3g}; "
+                f"it needs {needed} (or test: t)")
+    return warnings
+
+
+def _claim_sides(claim: ClaimSpec, trials: list[TrialParams]) -> list[tuple[list[TrialParams], Optional[list[TrialParams]]]]:
+    """(side a, side b) of each comparison; (cell, None) in the threshold form."""
+    selected = [t for t in trials if all(_same(t.value(k), v) for k, v in claim.where.items())]
+    cells = [selected]
+    if claim.per is not None:
+        values = _distinct(selected, claim.per)
+        if claim.levels:
+            values = [v for v in values if any(_same(v, w) for w in claim.levels)]
+        cells = [[t for t in selected if _same(t.value(claim.per), v)] for v in values]
+    if claim.threshold is not None:
+        return [(cell, None) for cell in cells if cell]
+    others = claim.b or [v for v in _distinct(selected, claim.axis) if not _same(v, claim.a)]
+    sides = []
+    for cell in cells:
+        side_a = [t for t in cell if _same(t.value(claim.axis), claim.a)]
+        for level in others:
+            side_b = [t for t in cell if _same(t.value(claim.axis), level)]
+            if side_a and side_b:
+                sides.append((side_a, side_b))
+    return sides
+
+
+def _distinct(trials: list[TrialParams], dim: str) -> list[Any]:
+    return list({format_scalar(t.value(dim)): t.value(dim) for t in trials}.values())
+
+
+def _comparison_floor(a: list[TrialParams], b: Optional[list[TrialParams]], alpha: float) -> tuple[float, str, str]:
+    """(smallest exact p, how it is computed, what would bring it below α)."""
+    if b is None:
+        return exact_p_floor(len(a)), f"2/2^{len(a)} over {len(a)} trials", f"{_fewest(alpha, True)} trials per cell"
+    seeds_a, seeds_b = [t.params.get("seed") for t in a], [t.params.get("seed") for t in b]
+    shared = set(seeds_a) & set(seeds_b)
+    unique = len(set(seeds_a)) == len(seeds_a) and len(set(seeds_b)) == len(seeds_b)
+    if unique and ((shared and set(seeds_a) == set(seeds_b)) or len(shared) >= 2):  # as claims.py pairs
+        n = len(shared)
+        return exact_p_floor(n), f"2/2^{n} over {n} paired seeds", f"{_fewest(alpha, True)} seeds"
+    return (exact_p_floor(len(a), len(b)), f"2/C({len(a) + len(b)}, {len(a)}) unpaired",
+            f"{_fewest(alpha, False)} trials per side")
+
+
+def _fewest(alpha: float, sign_flips: bool) -> int:
+    """The fewest seeds (per side when unpaired) whose exact floor is below α."""
+    return next(n for n in range(1, 64) if exact_p_floor(n, None if sign_flips else n) < alpha)

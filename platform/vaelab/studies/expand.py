@@ -407,7 +407,7 @@ def _expand_checked(study: Study, budget: str) -> tuple[list[TrialSpec], list[Sp
     if errors:
         return trials, errors
     errors += _check_scheduler(study, trials)
-    params = [_trial_params(t) for t in trials]
+    params = [trial_params(t) for t in trials]
     errors += check_report(study.report, params, study.source, pinned_dims(study))
     errors += check_claims(study.report, params, study.source, pinned_dims(study))
     return trials, errors
@@ -644,7 +644,7 @@ def _failure_errors(failures: Mapping[tuple[str, ...], list[Any]]) -> list[SpecE
 # Checks that need the trials
 
 
-def _trial_params(trial: TrialSpec) -> TrialParams:
+def trial_params(trial: TrialSpec) -> TrialParams:
     return TrialParams(trial.variant, TrialConfig.model_validate(trial.config).to_params())
 
 

@@ -16,7 +16,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from vaelab.studies.expand import TrialSpec, expand_trials, load_study
+from vaelab.studies.check_report import permutation_warnings
+from vaelab.studies.expand import TrialSpec, expand_trials, load_study, trial_params
 from vaelab.studies.schema import Study
 
 PREVIEW_KEYS = 3
@@ -65,7 +66,8 @@ def _why(group: Sequence[TrialSpec]) -> str:
 
 
 def budget_lines(study: Study, budget: str) -> list[str]:
-    """`budget smoke: 32 trials (16 distinct ...)`, then a warning per group of copies."""
+    """`budget smoke: 32 trials (16 distinct ...)`, then a warning per group of copies and
+    per claim this budget's trials cannot decide."""
     if study.search.mode == "optuna":
         return [f"budget {budget}: {study.num_samples_for(budget)} optuna trials (proposed while running)"]
     trials = expand_trials(study, budget)
@@ -73,12 +75,12 @@ def budget_lines(study: Study, budget: str) -> list[str]:
     groups = copies(trials)
     wasted = sum(len(g) - 1 for g in groups)
     line = f"budget {budget}: {len(trials)} trials, {'/'.join(map(str, epochs))} epochs"
-    if not wasted:
-        return [line]
-    lines = [f"{line} — only {len(trials) - wasted} distinct"]
+    lines = [f"{line} — only {len(trials) - wasted} distinct" if wasted else line]
     for group in groups:
         keys = " = ".join(t.trial_key for t in group[:3]) + (" = …" if len(group) > 3 else "")
         lines.append(f"  warning: identical trials ({_why(group)}): {keys}")
+    params = [trial_params(t) for t in trials]
+    lines += [f"  warning: {text}" for text in permutation_warnings(study.report, params)]
     return lines
 
 

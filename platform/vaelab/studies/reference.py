@@ -88,7 +88,8 @@ BUDGET_MEANINGS = {
 }
 # The `report:` section: key path -> (meaning, an example as written in a study).
 REPORT_KEYS: dict[str, tuple[str, str]] = {
-    "report.alpha": ("the level every claim is tested at", "alpha: 0.05"),
+    "report.alpha": ("the level every claim is tested at, each on its own and, in a second verdict, all the "
+                     "study's claims together (Holm across claims)", "alpha: 0.05"),
     "report.claims": ("the papers' claims as comparisons the grid can answer (report.claims below)",
                       "claims: [{name: warmup_helps, ...}]"),
     "report.tables": ("ablation tables: rows x columns of a final metric, mean ± std over seeds "
@@ -146,7 +147,8 @@ REPORT_KEYS: dict[str, tuple[str, str]] = {
     "report.claims.combine": ("all: the claim holds when every cell holds (Holm-corrected); any: when one does",
                               "combine: any"),
     "report.claims.test": ("t: paired t-test by seed (Welch / one-sample t unpaired); permutation: exact "
-                           "sign-flip / permutation test", "test: permutation"),
+                           "sign-flip / permutation test, which cannot reach alpha with few seeds (smallest p "
+                           "2/2^n for n paired seeds: `vaelab validate` warns)", "test: permutation"),
 }
 FIGURE_MEANINGS = {
     "ll_vs_depth": "test log-likelihood vs number of latent layers, per variant (ICML Fig 3)",
