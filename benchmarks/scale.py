@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from vaelab.tracking.tags import ROLE_STUDY, ROLE_TRIAL, TAG_PARENT, TAG_ROLE, TAG_TRIAL_ID, TAG_TRIAL_KEY
+
 VAELAB = Path(sys.executable).with_name("vaelab")
 TABLES_BY_RUN = ("tags", "params", "metrics", "latest_metrics")
 
@@ -75,9 +77,9 @@ def build_store(base: Path, n: int, out: Path) -> Path:
 def _base_runs(con: sqlite3.Connection) -> tuple[str, list[str]]:
     parent = con.execute(  # the newest study run: a store may hold older ones, left as they are
         "SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid"
-        " WHERE t.key = 'vaelab.role' AND t.value = 'study' ORDER BY r.start_time DESC").fetchone()[0]
+        " WHERE t.key = ? AND t.value = ? ORDER BY r.start_time DESC", (TAG_ROLE, ROLE_STUDY)).fetchone()[0]
     trials = [r for (r,) in con.execute(
-        "SELECT run_uuid FROM tags WHERE key = 'mlflow.parentRunId' AND value = ? ORDER BY run_uuid", (parent,))]
+        "SELECT run_uuid FROM tags WHERE key = ? AND value = ? ORDER BY run_uuid", (TAG_PARENT, parent))]
     return parent, trials
 
 
@@ -89,10 +91,9 @@ def _replicate_rows(con: sqlite3.Connection, mapping: list[tuple[str, str, int]]
         " user_id, status, start_time + r.k, end_time + r.k, source_version, lifecycle_stage,"
         " replace(artifact_uri, r.old, r.new), experiment_id, deleted_time"
         " FROM runs JOIN replica r ON runs.run_uuid = r.old")
-    con.execute(
-        "INSERT INTO tags SELECT key, CASE key WHEN 'vaelab.trial_id' THEN value || '~' || r.k"
-        " WHEN 'vaelab.trial_key' THEN value || '~' || r.k WHEN 'mlflow.runName' THEN value || '~' || r.k"
-        " ELSE value END, r.new FROM tags JOIN replica r ON tags.run_uuid = r.old")
+    con.execute(  # a replica's trial id, key and run name get its index: every trial stays unique
+        "INSERT INTO tags SELECT key, CASE WHEN key IN (?, ?, 'mlflow.runName') THEN value || '~' || r.k"
+        " ELSE value END, r.new FROM tags JOIN replica r ON tags.run_uuid = r.old", (TAG_TRIAL_ID, TAG_TRIAL_KEY))
     con.execute(
         "INSERT INTO params SELECT key, CASE key WHEN 'seed' THEN CAST(r.k AS TEXT) ELSE value END, r.new"
         " FROM params JOIN replica r ON params.run_uuid = r.old")
@@ -239,7 +240,7 @@ def cpu_model() -> str:
 
 def _trials_in(store: Path) -> int:
     with sqlite3.connect(store / "mlflow.db") as con:
-        return con.execute("SELECT COUNT(*) FROM tags WHERE key = 'vaelab.role' AND value = 'trial'").fetchone()[0]
+        return con.execute("SELECT COUNT(*) FROM tags WHERE key = ? AND value = ?", (TAG_ROLE, ROLE_TRIAL)).fetchone()[0]
 
 
 def print_rows(n: int, rows: list[Timing]) -> None:

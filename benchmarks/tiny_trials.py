@@ -232,23 +232,26 @@ def fill_store(uri: str, runs: int) -> dict[str, str]:
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
+    from vaelab.tracking import tags as t
+
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("lookup")
     if exp is not None:
-        parent = client.search_runs([exp.experiment_id], "tags.`vaelab.role` = 'study'")[0]
+        parent = client.search_runs([exp.experiment_id], f"tags.`{t.TAG_ROLE}` = '{t.ROLE_STUDY}'")[0]
         return {"experiment_id": exp.experiment_id, "parent_run_id": parent.info.run_id}
     exp_id = client.create_experiment("lookup")
-    parent = client.create_run(exp_id, tags={"vaelab.role": "study", "vaelab.study": "lookup"}).info.run_id
+    parent = client.create_run(exp_id, tags={t.TAG_ROLE: t.ROLE_STUDY, t.TAG_STUDY: "lookup"}).info.run_id
     params = [Param(f"param_{k:02d}", str(k * 0.1)) for k in range(45)]
     for i in range(runs):
-        tags = {"vaelab.role": "trial", "vaelab.study": "lookup", "vaelab.trial_id": f"t{i:06d}",
-                "mlflow.parentRunId": parent, "vaelab.status": "finished", "vaelab.variant": "VAE",
-                "vaelab.trial_key": f"seed={i}", "vaelab.cohort": f"c{i}", "vaelab.run_name": "lookup-run",
-                "vaelab.node": "host/127.0.0.1", "vaelab.attempt": "1", "vaelab.resumed_from_epoch": "0",
-                "vaelab.ray_node_id": "n", "mlflow.runName": f"seed={i}"}
+        tags = {t.TAG_ROLE: t.ROLE_TRIAL, t.TAG_STUDY: "lookup", t.TAG_TRIAL_ID: f"t{i:06d}",
+                t.TAG_PARENT: parent, t.TAG_STATUS: "finished", t.TAG_VARIANT: "VAE",
+                t.TAG_TRIAL_KEY: f"seed={i}", t.TAG_COHORT: f"c{i}", t.TAG_RUN_NAME: "lookup-run",
+                t.TAG_NODE: "host/127.0.0.1", t.TAG_ATTEMPT: "1", t.TAG_RESUMED_FROM_EPOCH: "0",
+                t.TAG_RAY_NODE: "n", "mlflow.runName": f"seed={i}"}
         run_id = client.create_run(exp_id, tags=tags).info.run_id
         metrics = [Metric(k, 1.0, 0, 1) for k in ("epoch", "test_elbo", "test_ll_iw", "wall_time_s")]
-        client.log_batch(run_id, metrics=metrics, params=params, tags=[RunTag("vaelab.filled", "1")])
+        # the tag a trial sets once it has trained, like vaelab's own runs after a start
+        client.log_batch(run_id, metrics=metrics, params=params, tags=[RunTag(t.TAG_CPU_THREADS, "1")])
         client.set_terminated(run_id, "FINISHED")
     return {"experiment_id": exp_id, "parent_run_id": parent}
 
@@ -266,8 +269,7 @@ def median_ms(call: Any, repeats: int) -> float:
 def lookup(args: argparse.Namespace) -> None:
     """Time a starting trial's MLflow lookups against stores of each size."""
     from vaelab.tracking.connection import client_for
-    from vaelab.tracking.queries import ended_trial_runs, find_runs
-    from vaelab.tracking.runs import StudyRunInfo
+    from vaelab.tracking.queries import StudyRunInfo, ended_trial_runs, find_runs, trial_run_match
 
     print(f"CPU {cpu_model()}; median of {args.repeats} calls")
     for runs in args.runs:
@@ -281,7 +283,7 @@ def lookup(args: argparse.Namespace) -> None:
         wanted = [f"t{runs // 2:06d}"]
         assert len(ended_trial_runs(info, wanted)) == 1
         ended = median_ms(lambda: ended_trial_runs(info, wanted), args.repeats)
-        match = {"vaelab.trial_id": wanted[0], "mlflow.parentRunId": ids["parent_run_id"]}
+        match = trial_run_match(ids["parent_run_id"], wanted[0])
         client = client_for(uri)
         found = median_ms(lambda: find_runs(client, ids["experiment_id"], match), args.repeats)
         print(f"{runs} trial runs (store ready in {filled:.0f} s): "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,31 @@ def test_light_entry_points_load_no_heavy_library():
     assert done.returncode == 0, done.stderr[-2000:]
     loaded = set(json.loads(done.stdout.splitlines()[-1]))
     assert not loaded & {"torch", "ray"}, sorted(loaded & {"torch", "ray"})
+
+
+# a dotted vaelab name in a string that is not a module: an MLflow tag name (`vaelab.budget`)
+TAG_LITERAL = re.compile(r"(?<![\w/.])vaelab\.([a-z_]+)")
+# trial.py still spells its tags; tags.py has their constants (TAG_RAY_NODE, TAG_ERROR, ...)
+TAGS_PENDING = {"vaelab.studies.trial"}
+
+
+def tag_literals(name: str) -> list[str]:
+    """String constants of the module (docstrings aside) that spell a vaelab tag name."""
+    tree = ast.parse(MODULES[name].read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            found += [m.group(0) for m in TAG_LITERAL.finditer(node.value)
+                      if f"vaelab.{m.group(1)}" not in MODULES]
+    return found
+
+
+def test_tag_names_are_spelled_only_in_tags_py():
+    spelled = {n: tag_literals(n) for n in MODULES if n != "vaelab.tracking.tags" and n not in TAGS_PENDING}
+    assert {n: s for n, s in spelled.items() if s} == {}, "use the constants of tracking/tags.py"
 
 
 def test_every_module_has_its_row_in_the_architecture_map():

@@ -32,6 +32,7 @@ from vaelab.report.markdown import render_markdown
 from vaelab.report.parquet import write_parquet
 from vaelab.report.summary import summarize
 from vaelab.report.tables import TableResult, build_tables
+from vaelab.tracking.tags import TAG_BUDGET
 
 FIGURE_CAPTIONS = {
     "ll_vs_depth": "Test log-likelihood (IW bound) vs number of latent layers per variant, mean ± std over seeds (ICML Fig 3)",
@@ -135,7 +136,7 @@ def _run_identity(data: StudyData) -> dict[str, str | None]:
         "study": data.record.study,
         "run_name": parent.run_name if parent else None,
         "parent_run_id": parent.run_id if parent else None,
-        "budget": data.parent_tags.get("vaelab.budget"),
+        "budget": data.parent_tags.get(TAG_BUDGET),
     }
 
 

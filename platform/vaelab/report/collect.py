@@ -22,6 +22,7 @@ from vaelab.report import parquet
 from vaelab.report.spec import ReportSpec
 from vaelab.tracking.artifact_files import ArtifactFiles
 from vaelab.tracking.read import StudyRecord, TrialRun, read_histories, read_study, trial_artifacts
+from vaelab.tracking.tags import TAG_BUDGET, TAG_GIT_SHA
 
 
 @dataclass
@@ -77,7 +78,7 @@ def run_columns(record: StudyRecord) -> dict[str, str | None]:
     if record.parent is None:
         return {}
     tags = record.parent.tags
-    return {"run": record.parent.run_name, "budget": tags.get("vaelab.budget"), "git_sha": tags.get("vaelab.git_sha")}
+    return {"run": record.parent.run_name, "budget": tags.get(TAG_BUDGET), "git_sha": tags.get(TAG_GIT_SHA)}
 
 
 def report_spec(record: StudyRecord) -> ReportSpec:

@@ -58,6 +58,7 @@ import pyarrow.parquet as pq
 from vaelab.config import TrialConfig
 from vaelab.report.order import natural_key
 from vaelab.tracking.read import TrialRun, param_kind
+from vaelab.tracking.tags import TAG_COHORT, TAG_NODE
 
 FIXED_COLUMNS = ("study", "trial_id", "mlflow_run_id", "variant", "status", "cohort", "node", "run", "budget",
                  "git_sha")
@@ -135,8 +136,8 @@ def trials_table(study: str, trials: Iterable[TrialRun], run: Mapping[str, str |
         "mlflow_run_id": [t.run_id for t in trials],
         "variant": [t.variant for t in trials],
         "status": [t.status for t in trials],
-        "cohort": [t.tags.get("vaelab.cohort") for t in trials],
-        "node": [t.tags.get("vaelab.node") for t in trials],
+        "cohort": [t.tags.get(TAG_COHORT) for t in trials],
+        "node": [t.tags.get(TAG_NODE) for t in trials],
         **{key: [(run or {}).get(key)] * len(trials) for key in ("run", "budget", "git_sha")},
     }
     for name in params:

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from vaelab.report.collect import StudyData
+from vaelab.tracking.tags import TAG_BUDGET, TAG_GIT_SHA, TAG_SPEC_HASH, TAG_STATUS, TAG_VERSIONS
 
 STATUS_ORDER = ("finished", "diverged", "failed", "stopped", "running")
 # the store-level notices of tracking.read: about other study runs, not this one
@@ -68,12 +69,12 @@ def summarize(data: StudyData) -> Summary:
     return Summary(
         study=data.record.study,
         notes=data.spec.notes.strip(),
-        budget=tags.get("vaelab.budget") or _str_or_none(data.study_yaml.get("budget")),
-        git_sha=tags.get("vaelab.git_sha"),
-        spec_hash=tags.get("vaelab.spec_hash"),
-        versions=tags.get("vaelab.versions"),
+        budget=tags.get(TAG_BUDGET) or _str_or_none(data.study_yaml.get("budget")),
+        git_sha=tags.get(TAG_GIT_SHA),
+        spec_hash=tags.get(TAG_SPEC_HASH),
+        versions=tags.get(TAG_VERSIONS),
         parent_run_id=data.record.parent.run_id if data.record.parent else None,
-        study_status=tags.get("vaelab.status"),
+        study_status=tags.get(TAG_STATUS),
         status_counts=ordered,
         warnings=list(data.warnings),
     )

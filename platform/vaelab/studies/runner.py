@@ -58,7 +58,14 @@ from vaelab.tracking.runs import (
     reopen_study_run,
     start_study_run,
 )
-from vaelab.tracking.tags import STATUSES
+from vaelab.tracking.tags import (
+    STATUSES,
+    TAG_COHORTS_PLANNED,
+    TAG_SEARCH,
+    TAG_STORAGE,
+    TAG_TRIALS_ENDED_PREFIX,
+    TAG_TRIALS_PLANNED,
+)
 from vaelab.tracking.uri import has_credentials, redact_uri, resolve_tracking_uri
 
 
@@ -127,10 +134,10 @@ def run_study(
         info = start_study_run(
             uri, plan.study, run_name, spec_hash=plan.spec_hash, budget=plan.budget,
             study_yaml=plan.study_yaml, repo_dir=plan.source_dir,
-            tags={"vaelab.storage": redact_uri(experiment_path),
-                  "vaelab.search": "optuna" if plan.optuna else "grid",
-                  "vaelab.trials_planned": str(plan.n_members),
-                  "vaelab.cohorts_planned": str(plan.n_trials)},
+            tags={TAG_STORAGE: redact_uri(experiment_path),
+                  TAG_SEARCH: "optuna" if plan.optuna else "grid",
+                  TAG_TRIALS_PLANNED: str(plan.n_members),
+                  TAG_COHORTS_PLANNED: str(plan.n_trials)},
         )
         ctx = _context(plan, info, run_name, uri, cwd)
         write_sidecar(experiment_path, _sidecar(plan, info, run_name, uri))
@@ -290,7 +297,7 @@ def _conclude(
     expected_done = not interrupted and not errors
     status = "finished" if expected_done else ("interrupted" if interrupted else "failed")
     finish_study_run(
-        info, status, {f"vaelab.trials_{k}": str(v) for k, v in counts.items()}
+        info, status, {f"{TAG_TRIALS_ENDED_PREFIX}{k}": str(v) for k, v in counts.items()}
     )
     echo(summary_table(rows, plan_metric, interrupted=interrupted))
     out = None

@@ -17,6 +17,7 @@ from vaelab.errors import RunnerError
 from vaelab.studies.plan import LaunchPlan
 from vaelab.studies.progress import progress_callback
 from vaelab.studies.trial import COHORT_KEY, CTX_KEY, PARAMS_KEY, cohort_trainable
+from vaelab.tracking.tags import TAG_GIT_SHA
 
 # A trial's process outlives it and runs the next trial of the same resource shape: a fresh
 # process paid ~7 s of imports, store and data set-up per tiny trial (benchmarks/
@@ -156,6 +157,6 @@ def restored_tuner(experiment_path: str, resources: Mapping[str, float]):
         raise RunnerError(
             f"{experiment_path}: Ray Tune's saved state refers to vaelab code this version does "
             f"not have ({err}); the run was started by another version of vaelab (its git SHA is "
-            "the study run's MLflow tag vaelab.git_sha). Resume it with that version, or start "
+            f"the study run's MLflow tag {TAG_GIT_SHA}). Resume it with that version, or start "
             "the study again with `vaelab run`."
         ) from None

@@ -38,15 +38,22 @@ from vaelab.tracking.tags import (
     ROLE_TRIAL,
     STATUSES,
     TAG_ATTEMPT,
+    TAG_BUDGET,
     TAG_COHORT,
     TAG_EXPERIMENT_KIND,
+    TAG_GIT_SHA,
+    TAG_HOST,
     TAG_NODE,
     TAG_PARENT,
     TAG_ROLE,
     TAG_RUN_NAME,
+    TAG_SPEC_HASH,
     TAG_STATUS,
     TAG_STUDY,
+    TAG_STUDY_GIT_SHA,
     TAG_TRIAL_ID,
+    TAG_VERSION_PREFIX,
+    TAG_VERSIONS,
 )
 from vaelab.tracking.uri import resolve_tracking_uri, sqlite_path
 
@@ -201,13 +208,13 @@ def start_study_run(
         TAG_STUDY: study,
         TAG_RUN_NAME: run_name,
         TAG_STATUS: "running",
-        "vaelab.git_sha": code_git_sha(),
-        **({"vaelab.study_git_sha": git_sha(repo_dir)} if repo_dir else {}),  # the study file's repo
-        "vaelab.spec_hash": spec_hash,
-        "vaelab.budget": budget,
-        "vaelab.versions": " ".join(f"{k}={v}" for k, v in versions.items()),
-        "vaelab.host": node_name(),
-        **{f"vaelab.version.{k}": v for k, v in versions.items()},
+        TAG_GIT_SHA: code_git_sha(),
+        **({TAG_STUDY_GIT_SHA: git_sha(repo_dir)} if repo_dir else {}),  # the study file's repo
+        TAG_SPEC_HASH: spec_hash,
+        TAG_BUDGET: budget,
+        TAG_VERSIONS: " ".join(f"{k}={v}" for k, v in versions.items()),
+        TAG_HOST: node_name(),
+        **{f"{TAG_VERSION_PREFIX}{k}": v for k, v in versions.items()},
         **(tags or {}),
     }
     run = _create_run_once(client, experiment_id, all_tags, run_name, TAG_RUN_NAME, run_name, None)
