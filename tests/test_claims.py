@@ -298,6 +298,74 @@ def test_validate_warns_when_a_permutation_claim_can_never_reach_alpha(tmp_path:
     assert not any("warning" in line for line in lines[six + 1:six + 2])  # 2/2^6 = 0.031 < 0.05
 
 
+WARMUP_STUDY = """
+name: wu
+search_space:
+  fixed: {dataset: digits, depth: 2, latent_dims: 8-4, hidden_dims: 32-16, epochs: 100}
+  axes:
+    warmup_epochs: {grid: [0, 20, 40]}
+budgets:
+  long: {}
+  short: {epochs: 10, warmup_fraction: 0.2}   # every warm-up on becomes 2 epochs
+default_budget: DEFAULT
+seeds: [0, 1, 2]
+report:
+  claims:
+    - {name: wu, statement: warm-up helps, source: test, metric: test_ll_iw, axis: warmup_epochs, A, b: [off]}
+"""
+
+
+def _warmup_study(tmp_path: Path, a: str, default: str = "long") -> Path:
+    path = tmp_path / f"wu-{default}.yaml"
+    path.write_text(WARMUP_STUDY.replace("DEFAULT", default).replace("A,", f"{a},"))
+    return path
+
+
+def test_a_claim_on_warm_up_on_and_off_is_valid_in_every_budget(tmp_path: Path) -> None:
+    for default in ("long", "short"):
+        result = runner.invoke(app, ["validate", str(_warmup_study(tmp_path, "a: on", default))])
+        assert result.exit_code == 0 and "warning: report.claims" not in result.output, result.output
+    # what a budget does to warm-up lengths: 20 and 40 train alike (so no claim can tell them apart)
+    assert "warning: identical trials (same settings): warmup_epochs=20,seed=0 = warmup_epochs=40,seed=0" in result.output
+    quoted = runner.invoke(app, ["validate", str(_warmup_study(tmp_path, 'a: "on"'))])
+    assert quoted.exit_code == 0 and "warning: report.claims" not in quoted.output, quoted.output
+
+
+def test_a_claim_on_a_warm_up_length_is_refused_with_the_level_every_budget_keeps(tmp_path: Path) -> None:
+    # 20 is a level of `long` only: `short` turns every warm-up on into 2 epochs
+    result = runner.invoke(app, ["validate", str(_warmup_study(tmp_path, "a: 20"))])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert ("report.claims[0].a: 20 — no trial of this budget has warmup_epochs=20 (did you mean '2'?); values: 0, 2; "
+            "a budget rescales lengths such as warmup_epochs but never turns them on or off: `on` names every "
+            "trial with a non-zero warmup_epochs, `off` those with 0, in every budget") in result.output
+
+
+def test_on_and_off_are_refused_where_the_levels_are_not_numbers(tmp_path: Path) -> None:
+    claim = {"name": "c", "statement": "s", "source": "x", "metric": "test_ll_iw", "a": True, "b": ["VAE"]}
+    result = runner.invoke(app, ["validate", str(_study_with_claims(tmp_path, [claim]))])
+    assert result.exit_code == 2 and "report.claims[0].a: true — " in result.output
+    assert "`on` / `off` name the non-zero / zero values of a numeric (or boolean) parameter; variant has" in result.output
+
+
+def test_on_and_off_compare_what_a_budget_keeps(report) -> None:
+    """In the store, LVAE+BN+WU warms up for 2 epochs (a budget's rescaled length) and VAE+BN
+    not at all: `on` vs `off` among batch-norm models is the planted comparison."""
+    from vaelab.report.collect import with_labels
+
+    trials = with_labels(pq.read_table(report.trials_parquet).to_pandas())
+    by_level = ClaimSpec(name="wu", statement="warm-up helps", source="test", metric="test_ll_iw",
+                         axis="warmup_epochs", a=True, b=["off"], where={"batch_norm": True}, per="latent_dims")
+    by_label = ClaimSpec(name="planted", statement="s", source="test", metric="test_ll_iw", a="LVAE+BN+WU",
+                         b=["VAE+BN"], per="latent_dims")
+    on_off, planted = evaluate_claims([by_level, by_label], trials, 0.05)
+    assert on_off.verdict == planted.verdict == "holds"
+    assert [(c.cell, c.n, c.p) for c in on_off.comparisons] == [(c.cell, c.n, c.p) for c in planted.comparisons]
+    assert [(c.a, c.b) for c in on_off.comparisons] == [("on", "off")] * 2
+    assert on_off.side_text() == "warmup_epochs: on > off on test_ll_iw"
+    by_length = by_level.model_copy(update={"a": 2, "b": [0]})  # the same trials, named by this budget's values
+    assert [c.p for c in evaluate_claims([by_length], trials, 0.05)[0].comparisons] == [c.p for c in on_off.comparisons]
+
+
 def test_validation_refuses_a_claim_with_two_forms(tmp_path: Path) -> None:
     claim = {"name": "c", "statement": "s", "source": "x", "metric": "test_ll_iw", "a": "VAE", "threshold": 1.0}
     result = runner.invoke(app, ["validate", str(_study_with_claims(tmp_path, [claim]))])

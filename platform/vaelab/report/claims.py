@@ -63,7 +63,7 @@ from scipy import stats
 
 from vaelab.report import order
 from vaelab.report.power import SeedsAdvice, seeds_advice
-from vaelab.report.spec import ClaimSpec, Level, exact_p_floor
+from vaelab.report.spec import ClaimSpec, Level, exact_p_floor, switch_level
 from vaelab.report.tables import axis_column, matches, plain
 
 HOLDS, CONTRADICTED, INCONCLUSIVE = "holds", "contradicted", "inconclusive"
@@ -143,8 +143,9 @@ class ClaimResult:
         sign = ">" if self.spec.direction == "greater" else "<"
         if self.spec.threshold is not None:
             return f"{self.spec.metric} {sign} {order.display(self.spec.threshold)}"
-        others = ", ".join(order.display(b) for b in self.spec.b) or f"every other {self.spec.axis}"
-        return f"{order.display(self.spec.a)} {sign} {others} on {self.spec.metric}"
+        others = ", ".join(level_text(b) for b in self.spec.b) or f"every other {self.spec.axis}"
+        axis = "" if self.spec.axis == "variant" else f"{self.spec.axis}: "
+        return f"{axis}{level_text(self.spec.a)} {sign} {others} on {self.spec.metric}"
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -197,10 +198,27 @@ def _frame_problems(spec: ClaimSpec, trials: pd.DataFrame) -> list[str]:
     return problems
 
 
+def level_matches(value: Any, wanted: Any) -> bool:
+    """Whether a trial's value is the claim's level: `on` / `off` (spec.switch_level) match
+    a numeric parameter's non-zero / zero values and a boolean one's true / false; other
+    levels as report.tables.matches."""
+    switch = switch_level(wanted)
+    value = plain(value)
+    if switch is not None and isinstance(value, (int, float)):  # bool is an int too: True ≠ 0
+        return (value != 0) == switch
+    return matches(value, wanted)
+
+
+def level_text(level: Any) -> str:
+    """A claim level as shown: `on` / `off` for switch levels, else as in the tables."""
+    switch = switch_level(level)
+    return order.display(level) if switch is None else ("on" if switch else "off")
+
+
 def _where_mask(where: dict[str, Level], trials: pd.DataFrame) -> pd.Series:
     mask = pd.Series(True, index=trials.index)
     for key, wanted in where.items():
-        mask &= trials[axis_column(key)].map(lambda v, w=wanted: matches(v, w)).astype(bool)
+        mask &= trials[axis_column(key)].map(lambda v, w=wanted: level_matches(v, w)).astype(bool)
     return mask
 
 
@@ -232,7 +250,7 @@ def _cells(spec: ClaimSpec, subset: pd.DataFrame) -> list[tuple[str, pd.DataFram
     column = subset[axis_column(spec.per)].map(plain)
     values = order.ordered(spec.per, list(column))
     if spec.levels:
-        values = [v for v in values if any(matches(v, w) for w in spec.levels)]
+        values = [v for v in values if any(level_matches(v, w) for w in spec.levels)]
     return [(f"{spec.per}={order.display(v)}", subset[column.map(lambda x, v=v: matches(x, v))]) for v in values]
 
 
@@ -250,18 +268,18 @@ def _level_comparisons(
 ) -> list[Comparison]:
     column = axis_column(spec.axis)
     levels = cell[column].map(plain)
-    others = spec.b or [v for v in order.ordered(spec.axis, list(subset[column].map(plain))) if not matches(v, spec.a)]
-    side_a = cell[levels.map(lambda v: matches(v, spec.a))]
+    others = spec.b or [v for v in order.ordered(spec.axis, list(subset[column].map(plain))) if not level_matches(v, spec.a)]
+    side_a = cell[levels.map(lambda v: level_matches(v, spec.a))]
     comparisons = []
     for b in others:
-        side_b = cell[levels.map(lambda v, b=b: matches(v, b))]
+        side_b = cell[levels.map(lambda v, b=b: level_matches(v, b))]
         if side_a.empty or side_b.empty:
             # the grid has no such model here (e.g. a 1-layer ladder): not a failed test
-            missing = order.display(spec.a) if side_a.empty else order.display(b)
-            notes.append(f"{cell_name}: no trial of {spec.axis}={missing}, {order.display(b)} not compared")
+            missing = level_text(spec.a) if side_a.empty else level_text(b)
+            notes.append(f"{cell_name}: no trial of {spec.axis}={missing}, {level_text(b)} not compared")
             continue
         compared += [side_a, side_b]
-        comparisons.append(_compare(spec, cell_name, order.display(b), side_a, side_b, alpha, notes))
+        comparisons.append(_compare(spec, cell_name, level_text(b), side_a, side_b, alpha, notes))
     return comparisons
 
 
@@ -304,7 +322,7 @@ def _compare(
         b = b[b["seed"].isin(shared)].sort_values("seed")
     paired = shared is not None
     values_a, values_b = a["value"].to_numpy(), b["value"].to_numpy()
-    base = dict(cell=cell, a=order.display(spec.a), b=b_name, paired=paired, method=METHODS[(spec.test, paired)],
+    base = dict(cell=cell, a=level_text(spec.a), b=b_name, paired=paired, method=METHODS[(spec.test, paired)],
                 n_a=len(values_a), n_b=len(values_b))
     mean_a = float(values_a.mean()) if len(values_a) else None
     mean_b = float(values_b.mean()) if len(values_b) else None

@@ -61,6 +61,19 @@ class TableSpec(BaseModel):
 
 
 Level = str | int | float | bool  # a value of a param or a variant label, as written
+SWITCHES = {"on": True, "off": False}  # claim levels that survive budgets (switch_level)
+
+
+def switch_level(level: object) -> Optional[bool]:
+    """True for a claim level `on`, False for `off`, None for any other level.
+
+    A budget rescales a schedule's length (warmup_epochs by warmup_fraction, or to its own
+    value) but never turns it on or off: `on` names every trial whose parameter is
+    non-zero (true for a boolean one), `off` every trial where it is 0 (false), in every
+    budget. YAML reads a bare on / off as a boolean; quoted "on" / "off" mean the same."""
+    if isinstance(level, bool):
+        return level
+    return SWITCHES.get(level) if isinstance(level, str) else None
 
 
 def exact_p_floor(n_a: int, n_b: Optional[int] = None) -> float:
@@ -84,6 +97,9 @@ class ClaimSpec(BaseModel):
     `per` splits the trials into cells (one test per value, e.g. latent_dims or rho),
     `levels` keeps only some of those values, `where` filters trials first. `combine`
     says how the cells' tests make one verdict (see claims.py).
+    Levels of a numeric parameter may be `on` / `off` (non-zero / zero, `switch_level`):
+    `axis: warmup_epochs, a: on, b: [off]` holds in every budget, where `a: 200` names
+    the paper budget's warm-up length only.
     """
 
     model_config = ConfigDict(extra="forbid")

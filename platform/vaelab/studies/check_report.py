@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional
 from vaelab.config import MAX_DEPTH
 from vaelab.errors import SpecError
 from vaelab.report.paper import paper_results
-from vaelab.report.spec import ClaimSpec, ReportSpec, TableSpec, exact_p_floor
+from vaelab.report.spec import ClaimSpec, ReportSpec, TableSpec, exact_p_floor, switch_level
 from vaelab.studies.metric_names import LAYER_FAMILIES, metric_error
 from vaelab.studies.schema import PARAM_FIELDS, Study, bundle_params, format_scalar
 from vaelab.studies.wording import suggest
@@ -195,7 +195,7 @@ def _check_claim(claim: ClaimSpec, path: str, trials: list[TrialParams], src: So
         errors.append(src.error(key_join(path, "per"), claim.per, "per and axis are the same dimension"))
     if errors:
         return errors
-    selected = [t for t in trials if all(_same(t.value(k), v) for k, v in claim.where.items())]
+    selected = [t for t in trials if all(_level_same(t.value(k), v) for k, v in claim.where.items())]
     if claim.where and not selected and not pinned & set(claim.where):
         errors.append(src.error(key_join(path, "where"), claim.where, "matches no trial of this budget"))
         return errors
@@ -210,13 +210,44 @@ def _check_claim(claim: ClaimSpec, path: str, trials: list[TrialParams], src: So
 def _check_levels(dim: str, levels: list[tuple[str, Any]], path: str, trials: list[TrialParams], src: Source, pinned: frozenset[str]) -> list[SpecError]:
     if dim in pinned or not trials:
         return []
+    errors = _check_switch(dim, levels, path, trials, src)
+    if errors:
+        return errors
     present = sorted({format_scalar(t.value(dim)) for t in trials})
-    errors = []
     for key, level in levels:
-        if not any(_same(t.value(dim), level) for t in trials):
+        if not any(_level_same(t.value(dim), level) for t in trials):
             shown = format_scalar(level)
-            errors.append(src.error(key_join(path, key), level, f"no trial of this budget has {dim}={shown}{suggest(shown, present)}; values: {', '.join(present)}"))
+            errors.append(src.error(key_join(path, key), level, f"no trial of this budget has {dim}={shown}{suggest(shown, present)}; values: {', '.join(present)}{_switch_hint(dim, level, trials)}"))
     return errors
+
+
+def _level_same(actual: Any, wanted: Any) -> bool:
+    """`_same` for a claim's levels: `on` / `off` (report.spec.switch_level) match a
+    parameter's non-zero / zero values (true / false for a boolean one)."""
+    switch = switch_level(wanted)
+    if switch is not None and isinstance(actual, (int, float)):  # bool is an int: True is non-zero
+        return (actual != 0) == switch
+    return _same(actual, wanted)
+
+
+def _check_switch(dim: str, levels: list[tuple[str, Any]], path: str, trials: list[TrialParams], src: Source) -> list[SpecError]:
+    """`on` / `off` only where the trials' values are numbers or booleans."""
+    other = sorted({format_scalar(t.value(dim)) for t in trials if not isinstance(t.value(dim), (int, float))})
+    if not other:
+        return []
+    return [src.error(key_join(path, key), level,
+                      f"`on` / `off` name the non-zero / zero values of a numeric (or boolean) parameter; "
+                      f"{dim} has {', '.join(other)}")
+            for key, level in levels if switch_level(level) is not None]
+
+
+def _switch_hint(dim: str, level: Any, trials: list[TrialParams]) -> str:
+    """For a non-zero number of a numeric parameter: `on` names it in every budget."""
+    numeric = all(isinstance(t.value(dim), (int, float)) and not isinstance(t.value(dim), bool) for t in trials)
+    if not numeric or isinstance(level, bool) or not isinstance(level, (int, float)) or level == 0:
+        return ""
+    return (f"; a budget rescales lengths such as {dim} but never turns them on or off: `on` names every "
+            f"trial with a non-zero {dim}, `off` those with 0, in every budget")
 
 
 # ---------------------------------------------------------------------------------
@@ -247,21 +278,21 @@ def permutation_warnings(report: ReportSpec, trials: list[TrialParams]) -> list[
 
 def _claim_sides(claim: ClaimSpec, trials: list[TrialParams]) -> list[tuple[list[TrialParams], Optional[list[TrialParams]]]]:
     """(side a, side b) of each comparison; (cell, None) in the threshold form."""
-    selected = [t for t in trials if all(_same(t.value(k), v) for k, v in claim.where.items())]
+    selected = [t for t in trials if all(_level_same(t.value(k), v) for k, v in claim.where.items())]
     cells = [selected]
     if claim.per is not None:
         values = _distinct(selected, claim.per)
         if claim.levels:
-            values = [v for v in values if any(_same(v, w) for w in claim.levels)]
+            values = [v for v in values if any(_level_same(v, w) for w in claim.levels)]
         cells = [[t for t in selected if _same(t.value(claim.per), v)] for v in values]
     if claim.threshold is not None:
         return [(cell, None) for cell in cells if cell]
-    others = claim.b or [v for v in _distinct(selected, claim.axis) if not _same(v, claim.a)]
+    others = claim.b or [v for v in _distinct(selected, claim.axis) if not _level_same(v, claim.a)]
     sides = []
     for cell in cells:
-        side_a = [t for t in cell if _same(t.value(claim.axis), claim.a)]
+        side_a = [t for t in cell if _level_same(t.value(claim.axis), claim.a)]
         for level in others:
-            side_b = [t for t in cell if _same(t.value(claim.axis), level)]
+            side_b = [t for t in cell if _level_same(t.value(claim.axis), level)]
             if side_a and side_b:
                 sides.append((side_a, side_b))
     return sides

@@ -134,16 +134,21 @@ REPORT_KEYS: dict[str, tuple[str, str]] = {
     "report.claims.metric": ("the final metric compared", "metric: test_ll_iw"),
     "report.claims.axis": ("compare form: the dimension `a` and `b` are levels of (a parameter or variant)",
                            "axis: inference"),
-    "report.claims.a": ("compare form: the level claimed better (greater, or less with direction: less)",
+    "report.claims.a": ("compare form: the level claimed better (greater, or less with direction: less); for a "
+                        "numeric parameter also `on` (every non-zero value) or `off` (0), levels every budget keeps: "
+                        "a budget rescales warmup_epochs (warmup_fraction) but never turns warm-up on or off, so "
+                        "`axis: warmup_epochs, a: on, b: [off]` holds in every budget where `a: 200` does in one",
                         "a: VAE+BN+WU"),
-    "report.claims.b": ("compare form: the levels `a` beats; empty: every other level of `axis`", "b: [VAE+BN]"),
+    "report.claims.b": ("compare form: the levels `a` beats (`on` / `off` as for `a`); empty: every other level "
+                        "of `axis`", "b: [VAE+BN]"),
     "report.claims.threshold": ("threshold form (instead of `a`): the metric is beyond this value",
                                 "threshold: 0.1"),
     "report.claims.direction": ("greater or less: which side of `b` / `threshold` the claim puts `a` / the metric",
                                 "direction: less"),
     "report.claims.per": ("one test per value of this parameter (a cell each)", "per: latent_dims"),
-    "report.claims.levels": ("only these values of `per`", "levels: [0.8, 0.9, 1.0]"),
-    "report.claims.where": ("only trials whose parameters have these values", "where: {depth: 4}"),
+    "report.claims.levels": ("only these values of `per` (`on` / `off` as for `a`)", "levels: [0.8, 0.9, 1.0]"),
+    "report.claims.where": ("only trials whose parameters have these values (`on` / `off` as for `a`)",
+                            "where: {depth: 4}"),
     "report.claims.combine": ("all: the claim holds when every cell holds (Holm-corrected); any: when one does",
                               "combine: any"),
     "report.claims.test": ("t: paired t-test by seed (Welch / one-sample t unpaired); permutation: exact "
