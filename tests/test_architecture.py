@@ -24,7 +24,7 @@ PACKAGE = REPO / "platform" / "vaelab"
 MODEL_MATH = {"vaelab.model", "vaelab.objectives", "vaelab.smoothing"}
 # the Ray-runner side of studies/: the only modules that may import ray
 RAY_SIDE = {"vaelab.studies.runner", "vaelab.studies.trial", "vaelab.studies.cluster",
-            "vaelab.studies.tuner", "vaelab.studies.tune_state", "vaelab.studies.progress"}
+            "vaelab.studies.tuner", "vaelab.studies.progress"}
 
 
 def module_name(path: Path) -> str:

@@ -1,4 +1,5 @@
-"""The `vaelab` command line: run, resume, validate, ls, query, train, report, data.
+"""The `vaelab` command line: run, resume, validate, ls, query, train, schema, report, claims,
+server, data.
 
 Every command imports what it needs when it runs (torch, ray and mlflow are slow to
 import), so `vaelab validate` and `vaelab --help` start in a fraction of a second.
