@@ -163,11 +163,6 @@ def _dims(dims: tuple[int, ...]) -> str:
     return "-".join(str(d) for d in dims)
 
 
-def format_dims(dims: tuple[int, ...]) -> str:
-    """(64, 32, 16) -> '64-32-16', the papers' notation."""
-    return _dims(dims)
-
-
 def trial_config(values: dict[str, Any]) -> TrialConfig:
     """Build and validate a TrialConfig from a plain dict (YAML, Tune config, --set)."""
     return TrialConfig.model_validate(values)
