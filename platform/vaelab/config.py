@@ -17,6 +17,7 @@ Inference = Literal["vae", "ladder", "lvae"]
 MAX_DEPTH = 5
 PAPER_LATENT_DIMS = (64, 32, 16, 8, 4)
 PAPER_HIDDEN_DIMS = (512, 256, 128, 64, 32)
+PAPER_LEAKY_SLOPE = 0.1  # ICML §3: max(x, 0.1x)
 
 # Settings that may differ between members of one cohort (trained in one set of kernels):
 # they change neither parameter shapes nor the data a step sees in lock-step.
@@ -49,6 +50,12 @@ class TrialConfig(BaseModel):
     bn_heads: bool = False  # BN on every latent μ / σ² head's linear output (needs batch_norm)
     init: Literal["torch", "glorot"] = "torch"  # weight initialisation (model.InitScheme)
     var_bias_init: Optional[float] = None  # σ² heads' bias; None: the scheme's (original: 1.0)
+    # leaky_relu's slope for x < 0 (original: Lasagne's leaky_rectify, 0.01)
+    leaky_slope: float = Field(PAPER_LEAKY_SLOPE, ge=0.0, lt=1.0)
+    # width of the probabilistic ladder's generative MLPs p(z_i | z_{i+1}): paper = the
+    # z_i–z_{i+1} connection's, hidden_dims[i] (ICML §3, as the VAE); code = the one below
+    # it, hidden_dims[i-1] (x–z_1's for z_1), as the original ladder (inference=ladder only)
+    ladder_generative_width: Literal["paper", "code"] = "paper"
     # objective
     mc_samples: int = Field(1, ge=1)
     iw_samples: int = Field(1, ge=1)
@@ -138,7 +145,25 @@ class TrialConfig(BaseModel):
                              "it needs batch_norm=true")
         if self.lr_decay < 1.0 and self.lr_decay_every == 0:
             raise ValueError(f"lr_decay={self.lr_decay} needs lr_decay_every > 0")
+        self._check_original_code_options()
         return self
+
+    def _check_original_code_options(self) -> None:
+        """Options that would change nothing in this trial are refused, not ignored."""
+        if self.ladder_generative_width != "paper" and self.inference != "ladder":
+            raise ValueError(
+                f"ladder_generative_width={self.ladder_generative_width!r} widens the generative "
+                f"MLPs of the probabilistic ladder (inference='ladder') only; with "
+                f"inference={self.inference!r} they already follow hidden_dims as in the "
+                "original code: leave it 'paper'")
+        # activation None resolves by likelihood (tanh for Gaussian data); where the dataset
+        # picks the likelihood, train.build_model makes the same check
+        activation = self.activation or ("tanh" if self.likelihood == "gaussian" else None)
+        if self.leaky_slope != PAPER_LEAKY_SLOPE and activation not in (None, "leaky_relu"):
+            raise ValueError(
+                f"leaky_slope={self.leaky_slope} is the slope of activation 'leaky_relu', but "
+                f"this trial's activation is {activation!r}: leave leaky_slope at "
+                f"{PAPER_LEAKY_SLOPE} or set activation=leaky_relu")
 
     # Derived values: kept as properties so they never disagree with the fields.
     @property
@@ -150,6 +175,13 @@ class TrialConfig(BaseModel):
     def mlp_dims(self) -> tuple[int, ...]:
         """MLP widths: [0] connects x and z_1, [i] connects z_i and z_{i+1}."""
         return self.hidden_dims[: self.depth]
+
+    @property
+    def generative_mlp_dims(self) -> tuple[int, ...]:
+        """Widths of the MLPs of p(z_i | z_{i+1}), i = 1 .. L-1 (see ladder_generative_width)."""
+        if self.ladder_generative_width == "code":
+            return self.mlp_dims[:-1]
+        return self.mlp_dims[1:]
 
     def to_params(self) -> dict[str, Any]:
         """Flat MLflow params under the bare trial-parameter names (dims in paper notation)."""

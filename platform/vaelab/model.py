@@ -15,6 +15,7 @@ Samples are tiled sample-major along the row axis: row k * B + b is sample k of 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -25,12 +26,25 @@ from torch import Tensor, nn
 
 Activation = Callable[[Tensor], Tensor]
 
+# ICML §3: max(x, 0.1x) for MNIST. Lasagne's leaky_rectify, which the authors' released
+# code uses, has slope 0.01 (trial parameter `leaky_slope`).
+DEFAULT_LEAKY_SLOPE = 0.1
+
 ACTIVATIONS: dict[str, Activation] = {
-    "leaky_relu": lambda x: F.leaky_relu(x, 0.1),  # ICML §3: max(x, 0.1x) for MNIST
+    "leaky_relu": functools.partial(F.leaky_relu, negative_slope=DEFAULT_LEAKY_SLOPE),
     "tanh": torch.tanh,  # ICML §3: NORB
     "relu": F.relu,
     "elu": F.elu,
 }
+
+
+def activation_function(name: str, leaky_slope: float = DEFAULT_LEAKY_SLOPE) -> Activation:
+    """The named nonlinearity; `leaky_slope` is leaky_relu's slope for x < 0."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")
+    if name == "leaky_relu":
+        return functools.partial(F.leaky_relu, negative_slope=leaky_slope)
+    return ACTIVATIONS[name]
 
 
 # --------------------------------------------------------------------------- layers
@@ -331,12 +345,16 @@ class HierarchicalVAE(nn.Module):
       lvae   — NIPS Ladder VAE: upward pass d_n = MLP(d_{n-1}) (eqs 13–15) merged with the
                *generative* prior p(z_i|z_{i+1}) (eqs 16–19).
     Widths: mlp_dims[0] connects x and z_1; mlp_dims[i] connects z_i and z_{i+1}.
+    generative_widths: the MLP widths of p(z_i | z_{i+1}), i = 1 .. L-1 (list index i - 1);
+    None is mlp_dims[i] for layer i, the width of the z_i–z_{i+1} connection (ICML §3).
+    leaky_slope: leaky_relu's slope for x < 0 (ignored by the other activations).
     """
 
     def __init__(self, *, x_dim: int, z_dims: Sequence[int], mlp_dims: Sequence[int],
                  inference: str, likelihood: str, batch_norm: bool, activation: str,
                  members: int = 1, var_floor: float = 1e-6, bn_heads: bool = False,
-                 init: InitScheme = InitScheme()) -> None:
+                 init: InitScheme = InitScheme(), leaky_slope: float = DEFAULT_LEAKY_SLOPE,
+                 generative_widths: Optional[Sequence[int]] = None) -> None:
         super().__init__()
         if inference not in ("vae", "ladder", "lvae"):
             raise ValueError(f"unknown inference {inference!r}")
@@ -345,8 +363,13 @@ class HierarchicalVAE(nn.Module):
         self.x_dim, self.z_dims, self.mlp_dims = x_dim, tuple(z_dims), tuple(mlp_dims)
         self.inference, self.likelihood, self.members = inference, likelihood, members
         self.init_scheme = init
-        act = ACTIVATIONS[activation]
+        act = activation_function(activation, leaky_slope)
         depth = len(z_dims)
+        p_widths = tuple(mlp_dims[1:depth]) if generative_widths is None else tuple(generative_widths)
+        if len(p_widths) != depth - 1:
+            raise ValueError(f"generative_widths needs {depth - 1} widths (one per p(z_i | z_i+1)), "
+                             f"got {list(p_widths)}")
+        self.generative_widths = p_widths
 
         def cond(in_dim: int, width: int, out_dim: int) -> Conditional:
             return Conditional(members, in_dim, width, out_dim, batch_norm, act, var_floor,
@@ -354,7 +377,7 @@ class HierarchicalVAE(nn.Module):
 
         # Generative model: p(z_i | z_{i+1}) for i = 1 .. L-1, then p(x | z_1).
         self.generative = nn.ModuleList(
-            [cond(z_dims[i + 1], mlp_dims[i + 1], z_dims[i]) for i in range(depth - 1)]
+            [cond(z_dims[i + 1], p_widths[i], z_dims[i]) for i in range(depth - 1)]
         )
         self.decoder_mlp = MLP(members, z_dims[0], mlp_dims[0], batch_norm, act)
         # p(x|z_1) heads: never batch-normed (batch norm on all layers except the output)

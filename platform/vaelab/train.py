@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 
 from .artifacts import export_member, member_state_dict
-from .config import COHORT_VARYING, TrialConfig
+from .config import COHORT_VARYING, PAPER_LEAKY_SLOPE, TrialConfig
 from .data import Dataset, dataset_for
 from .evaluator import Evaluator
 from .hardware import resolve_device, resolve_precision
@@ -56,12 +56,18 @@ def check_cohort(configs: Sequence[TrialConfig]) -> None:
 
 def build_model(config: TrialConfig, x_dim: int, likelihood: str, members: int
                 ) -> HierarchicalVAE:
+    activation = config.activation or DEFAULT_ACTIVATION[likelihood]
+    if activation != "leaky_relu" and config.leaky_slope != PAPER_LEAKY_SLOPE:
+        # TrialConfig catches this where it knows the activation; here the dataset chose it
+        raise ValueError(f"leaky_slope={config.leaky_slope} is the slope of activation "
+                         f"'leaky_relu', but {config.dataset!r} trains with {activation!r}")
     return HierarchicalVAE(
         x_dim=x_dim, z_dims=config.z_dims, mlp_dims=config.mlp_dims,
         inference=config.inference, likelihood=likelihood, batch_norm=config.batch_norm,
-        activation=config.activation or DEFAULT_ACTIVATION[likelihood], members=members,
+        activation=activation, members=members,
         var_floor=config.var_floor, bn_heads=config.bn_heads,
         init=InitScheme(config.init, config.var_bias_init),
+        leaky_slope=config.leaky_slope, generative_widths=config.generative_mlp_dims,
     )
 
 
